@@ -1,0 +1,148 @@
+"""The Backend contract, and the adapter that turns a plain function into one.
+
+A backend processes a batch of items (dicts) in place::
+
+    class Double(pipeserve.Backend):
+        def forward(self, items):
+            for item in items:
+                item["result"] = item["data"] * 2
+
+* ``init(params, options)`` is called once per instance, on the thread that will use it.
+  ``params`` are the node's keys (plus ``Name::key`` scoped ones and inline ``Name(k=v)``);
+  ``options`` says where the instance lives (see :class:`Options`).
+* ``forward(items)`` reads ``data`` and writes ``result`` on each item. A backend may leave
+  ``result`` unset for an item: the item then carries no result (the default ``swap`` filter of a
+  following stage ends that request early).
+* ``min()``/``max()`` give the batch sizes accepted; by default the node's ``min``/``max`` keys
+  (both 1 when absent).
+* ``close()`` releases resources; called once, on the owning thread.
+
+A backend that can tell which items of a batch failed raises :class:`PartialFailure`; any other
+exception fails the batch, which the node then re-runs item by item to isolate the culprits.
+Instances are never shared between threads, so backends need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import get_int
+from .errors import ContractError
+from .filters import Filter
+
+__all__ = ["Backend", "Child", "FunctionBackend", "Options", "PartialFailure"]
+
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child stage handed to a composite backend (``A[B]``, ``S[A,B]``).
+
+    Attributes:
+        backend: the child, already initialised.
+        name: its expression, e.g. ``"(swap)Resize"``, for error messages.
+        filter: its filter, or None when it has none.
+        filter_name: the filter's name, or None.
+    """
+
+    backend: Backend
+    name: str
+    filter: Filter | None = None
+    filter_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where an instance lives.
+
+    Attributes:
+        node: the node's name.
+        instance: the instance's index within the node (0-based, across all groups).
+        group: the bucket group's index (0 without ``&``).
+        instance_num: how many instances the node has in all.
+        cpu_threads: the CPU threads this instance may use without oversubscribing the
+            machine (cores divided among the node's instances, at least 1).
+        children: the child stages, for composite backends.
+    """
+
+    node: str = "main"
+    instance: int = 0
+    group: int = 0
+    instance_num: int = 1
+    cpu_threads: int = 1
+    children: Sequence[Child] = field(default_factory=tuple)
+
+
+class PartialFailure(Exception):
+    """Raised by ``forward`` when only some items of the batch failed.
+
+    Args:
+        failures: the failing items' indices in the batch, with their exceptions.
+    """
+
+    def __init__(self, failures: Mapping[int, BaseException]) -> None:
+        super().__init__(f"{len(failures)} item(s) failed")
+        self.failures = dict(failures)
+
+
+class Backend:
+    """Base class of backends. Override ``forward``; the rest has sensible defaults."""
+
+    params: Mapping[str, Any]
+    options: Options
+
+    def init(self, params: Mapping[str, Any], options: Options) -> None:
+        """Keep ``params`` and ``options``; subclasses extend this and call ``super().init``."""
+        self.params = params
+        self.options = options
+
+    def forward(self, items: list[Item]) -> None:
+        """Process ``items`` in place. The default passes ``data`` through as ``result``."""
+        for item in items:
+            item["result"] = item["data"]
+
+    def min(self) -> int:
+        """The smallest batch accepted: the ``min`` key, else 1."""
+        return get_int(getattr(self, "params", {}), "min", 1, node=self._node(), minimum=1)
+
+    def max(self) -> int:
+        """The largest batch accepted: the ``max`` key, else 1."""
+        return get_int(getattr(self, "params", {}), "max", 1, node=self._node(), minimum=1)
+
+    def close(self) -> None:
+        """Release resources. The default does nothing."""
+
+    def _node(self) -> str | None:
+        options = getattr(self, "options", None)
+        return options.node if options is not None else None
+
+
+class FunctionBackend(Backend):
+    """Adapts a function over a list of items to the Backend contract.
+
+    The function either writes ``result`` on the items itself and returns None, or returns a
+    sequence with one result per item, which is stored as each item's ``result``.
+    """
+
+    def __init__(self, function: Callable[[list[Item]], Any]) -> None:
+        self.function = function
+
+    def forward(self, items: list[Item]) -> None:
+        results = self.function(items)
+        if results is None:
+            return
+        if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
+            raise ContractError(
+                f"function {self.function.__name__!r} must return None or a sequence of "
+                f"{len(items)} results, got {type(results).__name__}"
+            )
+        if len(results) != len(items):
+            raise ContractError(
+                f"function {self.function.__name__!r}: expected {len(items)} results for a "
+                f"batch of {len(items)}, got {len(results)}"
+            )
+        for item, result in zip(items, results):
+            item["result"] = result

@@ -1,0 +1,106 @@
+"""One instance of a node's backend: running a batch on it, isolating failures, naming errors.
+
+An instance is built, used and closed by one owner at a time (its worker thread, or a caller
+that borrowed it while idle, see NOTE [inline execution] in :mod:`pipeserve.node`), so backends
+need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .backend import Backend, PartialFailure
+from .batching import Task
+from .errors import BackendError, RequestError, where
+
+if TYPE_CHECKING:
+    from .syntax import BackendTree
+
+__all__ = ["Instance", "State"]
+
+Item = dict[str, Any]
+
+
+class State(enum.Enum):
+    """Lifecycle of an instance, changed only under its node's lock."""
+
+    STARTING = "starting"
+    IDLE = "idle"  # in its group's idle list
+    ASSIGNED = "assigned"  # a batch waits for its worker
+    RUNNING = "running"  # its worker runs a batch
+    BORROWED = "borrowed"  # a caller runs a batch on it inline
+    CLOSED = "closed"
+
+
+class Instance:
+    """One backend instance and the state the node keeps about it.
+
+    Attributes:
+        index: the instance's index within the node.
+        group: its bucket group's index.
+        state: see :class:`State`.
+        batch: the batch assigned to it (state ASSIGNED).
+        current: the batch it is running, for close() to fail if it never returns.
+    """
+
+    def __init__(self, node: str, index: int, group: int, tree: BackendTree, lock: threading.Lock) -> None:
+        self.node = node
+        self.index = index
+        self.group = group
+        self.tree = tree
+        self.label = str(tree)
+        self.cv = threading.Condition(lock)
+        self.state = State.STARTING
+        self.batch: list[Task] | None = None
+        self.current: list[Task] | None = None
+        self.backend: Backend | None = None
+        self.thread: threading.Thread | None = None
+        self.busy_seconds = 0.0  # folded into the node's statistics under its lock
+
+    def run(self, batch: list[Task], isolate: bool) -> dict[int, RequestError]:
+        """Run ``batch`` on the backend; return the failures by batch index.
+
+        NOTE [error isolation]
+        A backend that raises :class:`~pipeserve.backend.PartialFailure` names its failing items
+        itself. Any other exception on a batch of several items restores every item from a
+        snapshot taken before the call and re-runs them one by one, so that only the items that
+        fail on their own get an error. Without ``isolate`` the whole batch fails.
+        """
+        items = [task.item for task in batch]
+        snapshots = [dict(item) for item in items] if isolate and len(items) > 1 else None
+        assert self.backend is not None
+        try:
+            self.backend.forward(items)
+        except PartialFailure as partial:
+            return {i: self.wrap(e) for i, e in partial.failures.items() if 0 <= i < len(items)}
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach its requests
+            if snapshots is None:
+                return {i: self.wrap(exc) for i in range(len(items))}
+            for item, snapshot in zip(items, snapshots):
+                item.clear()
+                item.update(snapshot)
+            failures: dict[int, RequestError] = {}
+            for i, task in enumerate(batch):
+                for error in self.run([task], isolate=False).values():
+                    failures[i] = error
+            return failures
+        return {}
+
+    def wrap(self, exc: BaseException) -> RequestError:
+        """Turn ``exc`` into a RequestError naming this node, backend and instance."""
+        if isinstance(exc, BackendError):
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            return BackendError(cause, node=self.node, backend=exc.backend or self.label, instance=self.index)
+        if isinstance(exc, RequestError):
+            stage = exc.backend or self.label
+            located = type(exc)(
+                f"{where(self.node, stage, self.index)}: {exc}",
+                node=self.node,
+                backend=stage,
+                instance=self.index,
+            )
+            located.__cause__ = exc.__cause__
+            return located
+        return BackendError(exc, node=self.node, backend=self.label, instance=self.index)

@@ -1,0 +1,452 @@
+"""One node: its queue, its instances, the dispatch of batches, its statistics.
+
+A node owns ``instance_num`` instances per bucket group, each with a worker thread that builds
+the backend, runs the batches assigned to it and closes the backend at the end. Batches are
+formed by :func:`pipeserve.batching.decide` under the node's lock (NOTE [batch release]) and run
+outside it.
+
+NOTE [dispatch]
+Dispatch runs under the lock whenever something changes (items arrive, an instance becomes
+idle, the batching window closes, upstream work drains). It walks the groups from the largest
+``max`` down and gives the first batch the policy releases to an idle instance of that group,
+until the queue is empty, no instance is idle, or the policy says wait. So a batch of 7 over
+groups ``max = 1&4&8`` runs as 4 + 1 + 1 + 1, and a lone item goes to the largest group whose
+``min`` is 1. When the policy says wait, the idle workers sleep until the window closes and the
+first to wake dispatches again.
+
+NOTE [inline execution]
+A blocking caller that finds the queue empty and an instance idle borrows the instance and runs
+its own item on its own thread (state BORROWED): this skips two thread hand-offs, which are the
+largest cost of a fast pipe in Python. The instance is still used by one thread at a time, and
+backends that must stay on one thread (``thread_affine = True``) or nodes with ``inline = false``
+never lend their instances.
+
+NOTE [shutdown]
+``close()`` is idempotent: it refuses new items, fails every queued item with PipeClosed, lets
+running batches finish, joins the workers with a bound (each closes its own backend), and fails
+the batches of workers that did not return in time. Requests complete exactly once whatever the
+interleaving, because their completion goes through one gate (NOTE [ownership]).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .backend import Options
+from .batching import BatchQueue, Task, decide
+from .config import NodeConfig, get_bool, get_float, get_int, get_list, get_str
+from .errors import ConfigError, Overloaded, PipeClosed, PipeServeError, RequestTimeout
+from .instance import Instance, State
+from .registry import build, check_names
+from .statistics import NodeStats
+from .syntax import parse_backend
+
+__all__ = ["Node"]
+
+Clock = Callable[[], float]
+
+
+class _Group:
+    def __init__(self, index: int, timeout: float) -> None:
+        self.index = index
+        self.timeout = timeout
+        self.min = 1
+        self.max = 1
+        self.instances: list[Instance] = []
+        self.idle: list[Instance] = []
+
+
+class Node:
+    """A scheduled node. Build with :meth:`start`, feed with :meth:`put`, end with :meth:`close`.
+
+    Args:
+        config: the node's configuration.
+        cpu_count: cores to share among instances (default: this machine's).
+        clock: a monotonic clock; tests may pass a fake one.
+    """
+
+    def __init__(self, config: NodeConfig, *, cpu_count: int | None = None, clock: Clock = time.monotonic) -> None:
+        self.name = config.name
+        self.config = config
+        self._clock = clock
+        params = config.params
+        node = config.name
+        self._isolate = get_bool(params, "isolate", True, node=node)
+        self._inline = get_bool(params, "inline", True, node=node)
+        self._max_queue = get_int(params, "max_queue", 0, node=node, minimum=0)
+        self._block = get_str(params, "overload", "error", node=node)
+        if self._block not in ("error", "block"):
+            raise ConfigError(f"expected 'error' or 'block', got {self._block!r}", node=node, key="overload")
+        self._bucket_key = params.get("bucket_key")
+        self._bucket_edges = sorted(get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node))
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._queue = BatchQueue()
+        self._groups: list[_Group] = []
+        self._instances: list[Instance] = []
+        self._upstream = 0
+        self._wake_at: float | None = None
+        self._closed = False
+        self._dead: list[tuple[Task, BaseException]] = []
+        self.stats_data = NodeStats()
+        self._build_plan(cpu_count or os.cpu_count() or 1)
+
+    # ----------------------------------------------------------------- construction
+    def _build_plan(self, cpu_count: int) -> None:
+        total = 0
+        plans = []
+        for index, group_params in enumerate(self.config.groups):
+            tree = parse_backend(get_str(group_params, "backend", "Identity", node=self.name), node=self.name)
+            check_names(tree, self.name)
+            count = get_int(group_params, "instance_num", 1, node=self.name, minimum=1)
+            timeout = get_float(group_params, "batching_timeout", 0.0, node=self.name, minimum=0.0) / 1e3
+            plans.append((index, tree, count, timeout))
+            total += count
+        self._cpu_threads = max(1, cpu_count // total)
+        for index, tree, count, timeout in plans:
+            group = _Group(index, timeout)
+            for _ in range(count):
+                instance = Instance(self.name, len(self._instances), index, tree, self._lock)
+                group.instances.append(instance)
+                self._instances.append(instance)
+            self._groups.append(group)
+        self._total = total
+
+    def start(self) -> None:
+        """Start the workers and wait until every instance is initialised.
+
+        Raises:
+            PipeServeError: an instance failed to initialise (configuration errors and missing
+                dependencies as themselves, anything else as ConfigError naming the instance).
+        """
+        ready = threading.Barrier(self._total + 1)
+        errors: list[BaseException] = []
+        for instance in self._instances:
+            instance.thread = threading.Thread(
+                target=self._serve, args=(instance, ready, errors), name=f"pipeserve-{self.name}-{instance.index}", daemon=True
+            )
+            instance.thread.start()
+        ready.wait()
+        try:
+            if errors:
+                raise errors[0]
+            self._check_ranges()
+        except BaseException:
+            self.close()
+            raise
+        self._groups.sort(key=lambda g: (-g.max, g.index))
+
+    def _check_ranges(self) -> None:
+        for group in self._groups:
+            backend = group.instances[0].backend
+            assert backend is not None
+            group.min, group.max = backend.min(), backend.max()
+            if group.min < 1 or group.min > group.max:
+                raise ConfigError(f"batch range {group.min}..{group.max} is empty", node=self.name, key="max")
+        if min(g.min for g in self._groups) != 1:
+            raise ConfigError("the smallest 'min' of the bucket groups must be 1", node=self.name, key="min")
+
+    def _build(self, instance: Instance) -> None:
+        options = Options(
+            node=self.name,
+            instance=instance.index,
+            group=instance.group,
+            instance_num=self._total,
+            cpu_threads=self._cpu_threads,
+        )
+        try:
+            instance.backend = build(instance.tree, self.config.groups[instance.group], options)
+        except PipeServeError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"instance {instance.index} of {instance.label!r} failed to initialise: {exc!r}", node=self.name) from exc
+
+    # ----------------------------------------------------------------- public surface
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """The smallest and largest batch the node runs."""
+        return min(g.min for g in self._groups), max(g.max for g in self._groups)
+
+    def make_task(self, item: dict[str, Any], request: Any, on_done: Callable[[Task, BaseException | None], None]) -> Task:
+        """A task for ``item`` with its bucket, priority and sort score read from the item."""
+        return Task(item, request, on_done, priority=int(item.get("_priority", 0)), bucket=self._bucket_of(item), score=item.get("_sort_score"))
+
+    def _bucket_of(self, item: dict[str, Any]) -> Hashable:
+        key = self._bucket_key
+        if key is None:
+            return None
+        value = _read_bucket_value(item, str(key))
+        if value is None or not self._bucket_edges:
+            return value
+        for edge in self._bucket_edges:
+            if value <= edge:
+                item["_bucket_edge"] = edge
+                return edge
+        item["_bucket_edge"] = math.inf
+        return math.inf
+
+    def put(self, tasks: list[Task], deadline: float | None = None) -> None:
+        """Queue ``tasks`` together (they may share a batch) and dispatch.
+
+        Raises:
+            PipeClosed: the node is closed.
+            Overloaded: ``max_queue`` would be exceeded (with ``overload = "block"``, waits for
+                room until ``deadline`` instead, then raises RequestTimeout).
+        """
+        with self._lock:
+            self._admit_locked(len(tasks), deadline)
+            now = self._clock()
+            for task in tasks:
+                self._queue.push(task, now)
+            self.stats_data.arrived += len(tasks)
+            self._dispatch_locked(None)
+        self._flush_dead()
+
+    def _admit_locked(self, count: int, deadline: float | None) -> None:
+        while True:
+            if self._closed:
+                raise PipeClosed(f"node {self.name!r} is closed", node=self.name)
+            if not self._max_queue or self._queue.size + count <= self._max_queue:
+                return
+            if self._block != "block":
+                self.stats_data.rejected += count
+                raise Overloaded(f"node {self.name!r}: queue full ({self._queue.size}/{self._max_queue} items)", node=self.name)
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise RequestTimeout(f"node {self.name!r}: deadline passed waiting for queue room", node=self.name)
+            self._space.wait(wait)
+
+    def run_inline(self, task: Task) -> bool:
+        """Run ``task`` on the calling thread if an instance is idle and nothing is queued.
+
+        Returns False (having done nothing) otherwise. See NOTE [inline execution].
+        """
+        with self._lock:
+            if self._closed or self._queue.size or not self._inline:
+                return False
+            instance = self._idle_instance_for_one()
+            if instance is None:
+                return False
+            self._groups_by_index(instance.group).idle.remove(instance)
+            instance.state = State.BORROWED
+            self.stats_data.record_release(1, "nothing_coming", 0.0, inline=True)
+        self._execute(instance, [task])
+        with self._lock:
+            self._fold_busy(instance)
+            self._make_idle_locked(instance)
+            self._dispatch_locked(None)
+            instance.cv.notify()
+        self._flush_dead()
+        return True
+
+    def add_upstream(self, delta: int) -> None:
+        """Count items in flight upstream that may still arrive (see NOTE [batch release])."""
+        with self._lock:
+            self._upstream += delta
+            if self._upstream <= 0:
+                self._dispatch_locked(None)
+        self._flush_dead()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the node's statistics (see :class:`~pipeserve.statistics.NodeStats`)."""
+        with self._lock:
+            running = sum(len(i.current or ()) for i in self._instances)
+            return self.stats_data.snapshot(queued=self._queue.size, running=running, instances=self._total)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Shut down (NOTE [shutdown]). Idempotent."""
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            pending = self._queue.drain()
+            for instance in self._instances:
+                instance.cv.notify_all()
+            self._space.notify_all()
+        for task in pending:
+            self._deliver(task, PipeClosed(f"node {self.name!r} closed before the item ran", node=self.name))
+        if already:
+            return
+        end = time.monotonic() + timeout
+        for instance in self._instances:
+            if instance.thread is not None and instance.thread is not threading.current_thread():
+                instance.thread.join(max(0.0, end - time.monotonic()))
+        for instance in self._instances:
+            stuck = instance.current if instance.thread is not None and instance.thread.is_alive() else None
+            for task in stuck or ():
+                self._deliver(task, PipeClosed(f"node {self.name!r} closed while instance {instance.index} was still running", node=self.name))
+
+    # ----------------------------------------------------------------- scheduling (lock held)
+    def _groups_by_index(self, index: int) -> _Group:
+        for group in self._groups:
+            if group.index == index:
+                return group
+        raise KeyError(index)
+
+    def _idle_instance_for_one(self) -> Instance | None:
+        for group in self._groups:
+            if group.idle and group.min <= 1:
+                return group.idle[-1]
+        return None
+
+    def _make_idle_locked(self, instance: Instance) -> None:
+        instance.state = State.IDLE
+        self._groups_by_index(instance.group).idle.append(instance)
+
+    def _dispatch_locked(self, prefer: Instance | None) -> None:
+        """Assign released batches to idle instances (NOTE [dispatch])."""
+        queue = self._queue
+        while queue.size:
+            now = self._clock()
+            wait: float | None = None
+            for group in self._groups:
+                if not group.idle:
+                    continue
+                decision = decide(queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=self._upstream)
+                if decision.take:
+                    break
+                if decision.wait is not None:
+                    wait = decision.wait if wait is None else min(wait, decision.wait)
+            else:
+                self._arm_timer_locked(None if wait is None else now + wait)
+                return
+            batch = self._live(queue.take(decision.bucket, decision.take), now)
+            if self._space_waiters():
+                self._space.notify_all()
+            if not batch:
+                continue
+            instance = prefer if prefer is not None and prefer in group.idle else group.idle[-1]
+            group.idle.remove(instance)
+            instance.state = State.ASSIGNED
+            instance.batch = batch
+            self.stats_data.record_release(len(batch), decision.reason, sum(now - t.enqueued for t in batch))
+            if instance is not prefer:
+                instance.cv.notify()
+        self._wake_at = None
+
+    def _space_waiters(self) -> bool:
+        return self._block == "block" and bool(self._space._waiters)  # type: ignore[attr-defined]
+
+    def _live(self, batch: list[Task], now: float) -> list[Task]:
+        """Drop tasks whose request finished, was cancelled or expired; they never run."""
+        live = []
+        for task in batch:
+            request = task.request
+            if request.finished:
+                self.stats_data.dropped += 1
+                self._dead.append((task, PipeClosed("request already finished", node=self.name)))
+            elif request.expired(now):
+                self.stats_data.expired += 1
+                self._dead.append((task, RequestTimeout(f"node {self.name!r}: deadline passed while queued", node=self.name)))
+            else:
+                live.append(task)
+        return live
+
+    def _arm_timer_locked(self, at: float | None) -> None:
+        if at is None or (self._wake_at is not None and self._wake_at <= at):
+            if at is None:
+                self._wake_at = None
+            return
+        self._wake_at = at
+        for group in self._groups:
+            for instance in group.idle:
+                instance.cv.notify()
+
+    # ----------------------------------------------------------------- workers
+    def _serve(self, instance: Instance, ready: threading.Barrier, errors: list[BaseException]) -> None:
+        try:
+            self._build(instance)
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            errors.append(exc)
+            instance.state = State.CLOSED
+            ready.wait()
+            return
+        with self._lock:
+            self._make_idle_locked(instance)
+        ready.wait()
+        try:
+            while self._next_and_run(instance):
+                pass
+        finally:
+            try:
+                if instance.backend is not None:
+                    instance.backend.close()
+            except Exception:  # noqa: BLE001 - a failing close must not stop the others
+                pass
+
+    def _next_and_run(self, instance: Instance) -> bool:
+        with self._lock:
+            if instance.state is State.RUNNING:
+                self._fold_busy(instance)
+                self._make_idle_locked(instance)
+                self._dispatch_locked(instance)
+            if instance.state is not State.ASSIGNED:
+                if self._closed and instance.state is State.IDLE:
+                    self._groups_by_index(instance.group).idle.remove(instance)
+                    instance.state = State.CLOSED
+                    return False
+                self._wait_locked(instance)
+            batch = None
+            if instance.state is State.ASSIGNED:
+                batch, instance.batch = instance.batch, None
+                instance.state = State.RUNNING
+        self._flush_dead()
+        if batch:
+            self._execute(instance, batch)
+        return True
+
+    def _wait_locked(self, instance: Instance) -> None:
+        timeout = None
+        if self._wake_at is not None:
+            timeout = self._wake_at - self._clock()
+        if timeout is None or timeout > 0:
+            instance.cv.wait(timeout)
+        if self._wake_at is not None and self._clock() >= self._wake_at:
+            self._wake_at = None
+            self._dispatch_locked(instance if instance.state is State.IDLE else None)
+
+    def _fold_busy(self, instance: Instance) -> None:
+        self.stats_data.compute_seconds += instance.busy_seconds
+        instance.busy_seconds = 0.0
+        instance.current = None
+
+    def _execute(self, instance: Instance, batch: list[Task]) -> None:
+        instance.current = batch
+        start = time.perf_counter()
+        failures = instance.run(batch, self._isolate)
+        instance.busy_seconds += time.perf_counter() - start
+        if failures:
+            with self._lock:
+                self.stats_data.errors += len(failures)
+        for index, task in enumerate(batch):
+            self._deliver(task, failures.get(index))
+
+    def _flush_dead(self) -> None:
+        if not self._dead:
+            return
+        with self._lock:
+            dead, self._dead = self._dead, []
+        for task, error in dead:
+            self._deliver(task, error)
+
+    @staticmethod
+    def _deliver(task: Task, error: BaseException | None) -> None:
+        try:
+            task.on_done(task, error)
+        except BaseException as exc:  # noqa: BLE001 - a broken callback must not lose the request
+            task.request.fail(exc)
+
+
+def _read_bucket_value(item: dict[str, Any], key: str) -> float | None:
+    """``key`` names an item key holding a number, or ``shape[i]`` of the item's data."""
+    if key.startswith("shape[") and key.endswith("]"):
+        shape = getattr(item.get("data"), "shape", None)
+        if shape is None:
+            return None
+        return float(shape[int(key[6:-1])])
+    value = item.get(key)
+    return None if value is None else float(value)

@@ -1,0 +1,139 @@
+"""One admitted request: its future, its deadline, and the exactly-once completion gate.
+
+NOTE [ownership]
+Once :meth:`pipeserve.Pipe.submit` accepts an item, the pipe owns the request until its future
+is resolved: on success, error, deadline or close. Whoever calls :meth:`Request.succeed` or
+:meth:`Request.fail` first wins; every later call is a no-op that returns False. The caller's
+dict is only touched by the winner of a success, so on error it stays as it was passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from .errors import RequestTimeout
+
+__all__ = ["DeadlineWatch", "Request"]
+
+Item = dict[str, Any]
+
+
+class Request:
+    """An admitted item on its way through the pipe.
+
+    Attributes:
+        caller_item: the caller's dict, updated in place on success.
+        item: the working copy the nodes see (without a stale ``result``).
+        future: resolves to ``caller_item`` or to the error.
+        deadline: a ``time.monotonic()`` reading after which the request fails, or None.
+        entry: the node the request starts at.
+    """
+
+    __slots__ = ("_gate", "caller_item", "deadline", "entry", "future", "item")
+
+    def __init__(self, caller_item: Item, deadline: float | None, entry: str) -> None:
+        self.caller_item = caller_item
+        self.item = dict(caller_item)
+        self.item.pop("result", None)
+        self.deadline = deadline
+        self.entry = entry
+        self.future: Future[Item] = Future()
+        self._gate = threading.Lock()
+
+    @property
+    def finished(self) -> bool:
+        """True once an outcome was delivered (or the caller cancelled the future)."""
+        return self._gate.locked() or self.future.cancelled()
+
+    def expired(self, now: float) -> bool:
+        """True if the deadline has passed at clock reading ``now``."""
+        return self.deadline is not None and now >= self.deadline
+
+    def succeed(self, output: Item) -> bool:
+        """Deliver ``output`` as the result: the caller's dict becomes ``output``.
+
+        Returns False (and changes nothing) if an outcome was already delivered.
+        """
+        if not self._gate.acquire(blocking=False):
+            return False
+        caller = self.caller_item
+        if output is not caller:
+            caller.clear()
+            caller.update(output)
+        return self._resolve(caller, None)
+
+    def fail(self, error: BaseException) -> bool:
+        """Deliver ``error``. Returns False if an outcome was already delivered."""
+        if not self._gate.acquire(blocking=False):
+            return False
+        return self._resolve(None, error)
+
+    def time_out(self) -> bool:
+        """Fail with :class:`~pipeserve.errors.RequestTimeout` (if still pending)."""
+        return self.fail(RequestTimeout(f"request deadline passed (entry node {self.entry!r})", node=self.entry))
+
+    def _resolve(self, result: Item | None, error: BaseException | None) -> bool:
+        try:
+            if error is None:
+                self.future.set_result(result)  # type: ignore[arg-type]
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:  # the caller cancelled the future meanwhile
+            return False
+        return True
+
+
+class DeadlineWatch:
+    """Fails requests whose deadline passes, even while they wait in a queue.
+
+    One daemon thread, started on the first request that has a deadline and stopped by
+    :meth:`close`. Blocking calls also time out on their own; this serves ``submit`` and
+    ``acall``, whose callers may not be waiting.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Request]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._count = 0
+
+    def watch(self, request: Request) -> None:
+        """Time ``request`` out at its deadline unless it finishes first."""
+        if request.deadline is None:
+            return
+        with self._cond:
+            if self._closed:
+                return
+            self._count += 1
+            heapq.heappush(self._heap, (request.deadline, self._count, request))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pipeserve-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is request:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].finished):
+                    _, _, request = heapq.heappop(self._heap)
+                    if not request.finished:
+                        request.time_out()
+                wait = self._heap[0][0] - now if self._heap else None
+                self._cond.wait(wait)
+
+    def close(self) -> None:
+        """Stop the thread (pending requests are failed by the pipe's close)."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
