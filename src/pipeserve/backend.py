@@ -32,7 +32,7 @@ from .config import get_int
 from .errors import ContractError
 from .filters import Filter
 
-__all__ = ["Backend", "Child", "FunctionBackend", "Options", "PartialFailure"]
+__all__ = ["Backend", "Child", "DuckBackend", "FunctionBackend", "Options", "PartialFailure"]
 
 Item = dict[str, Any]
 
@@ -144,5 +144,36 @@ class FunctionBackend(Backend):
                 f"function {self.function.__name__!r}: expected {len(items)} results for a "
                 f"batch of {len(items)}, got {len(results)}"
             )
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=True):
             item["result"] = result
+
+
+class DuckBackend(Backend):
+    """Adapts a user class that does not derive from :class:`Backend` but has ``forward``.
+
+    Its optional ``init(params, options)``, ``min()``, ``max()`` and ``close()`` are used when
+    present; the Backend defaults apply otherwise.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def init(self, params: Mapping[str, Any], options: Options) -> None:
+        super().init(params, options)
+        if callable(getattr(self.target, "init", None)):
+            self.target.init(params, options)
+
+    def forward(self, items: list[Item]) -> None:
+        self.target.forward(items)
+
+    def min(self) -> int:
+        method = getattr(self.target, "min", None)
+        return int(method()) if callable(method) else super().min()
+
+    def max(self) -> int:
+        method = getattr(self.target, "max", None)
+        return int(method()) if callable(method) else super().max()
+
+    def close(self) -> None:
+        if callable(getattr(self.target, "close", None)):
+            self.target.close()

@@ -214,10 +214,12 @@ class BatchQueue:
     def _take_nearest(queue: deque[Task], count: int) -> list[Task]:
         head = queue[0]
         anchor = head.score if head.score is not None else 0.0
-        others = sorted(
-            range(1, len(queue)),
-            key=lambda i: (abs((queue[i].score if queue[i].score is not None else anchor) - anchor), i),
-        )
+
+        def distance(index: int) -> tuple[float, int]:
+            score = queue[index].score
+            return (abs((anchor if score is None else score) - anchor), index)
+
+        others = sorted(range(1, len(queue)), key=distance)
         chosen = {0, *others[: count - 1]}
         batch = [queue[i] for i in sorted(chosen)]
         kept = [task for i, task in enumerate(queue) if i not in chosen]
@@ -230,7 +232,7 @@ class BatchQueue:
         removed: list[Task] = []
         for key in list(self._buckets):
             bucket = self._buckets[key]
-            kept = deque()
+            kept: deque[Task] = deque()
             for task in bucket:
                 (removed if predicate(task) else kept).append(task)
             if kept:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -90,13 +91,14 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> PipeConfi
 
 
 def _read_toml(path: str) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            loaded: dict[str, Any] = tomllib.load(handle)
+            return loaded
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path!r}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -248,9 +250,7 @@ def get_str(params: Params, key: str, default: str = _MISSING, *, node: str | No
     return str(value)
 
 
-def get_list(
-    params: Params, key: str, default: list[str] | None = None, *, node: str | None = None
-) -> list[str]:
+def get_list(params: Params, key: str, default: list[str] | None = None, *, node: str | None = None) -> list[str]:
     """Read a list: a TOML array or a comma-separated string; empty entries are dropped."""
     value = _get(params, key, [] if default is None else default, node)
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")

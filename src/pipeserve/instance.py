@@ -78,7 +78,7 @@ class Instance:
         except BaseException as exc:  # noqa: BLE001 - every failure must reach its requests
             if snapshots is None:
                 return {i: self.wrap(exc) for i in range(len(items))}
-            for item, snapshot in zip(items, snapshots):
+            for item, snapshot in zip(items, snapshots, strict=True):
                 item.clear()
                 item.update(snapshot)
             failures: dict[int, RequestError] = {}

@@ -83,7 +83,9 @@ class Node:
         if self._block not in ("error", "block"):
             raise ConfigError(f"expected 'error' or 'block', got {self._block!r}", node=node, key="overload")
         self._bucket_key = params.get("bucket_key")
-        self._bucket_edges = sorted(get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node))
+        self._bucket_edges = sorted(
+            get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node)
+        )
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._queue = BatchQueue()
@@ -128,7 +130,10 @@ class Node:
         errors: list[BaseException] = []
         for instance in self._instances:
             instance.thread = threading.Thread(
-                target=self._serve, args=(instance, ready, errors), name=f"pipeserve-{self.name}-{instance.index}", daemon=True
+                target=self._serve,
+                args=(instance, ready, errors),
+                name=f"pipeserve-{self.name}-{instance.index}",
+                daemon=True,
             )
             instance.thread.start()
         ready.wait()
@@ -164,7 +169,9 @@ class Node:
         except PipeServeError:
             raise
         except Exception as exc:
-            raise ConfigError(f"instance {instance.index} of {instance.label!r} failed to initialise: {exc!r}", node=self.name) from exc
+            raise ConfigError(
+                f"instance {instance.index} of {instance.label!r} failed to initialise: {exc!r}", node=self.name
+            ) from exc
 
     # ----------------------------------------------------------------- public surface
     @property
@@ -172,9 +179,18 @@ class Node:
         """The smallest and largest batch the node runs."""
         return min(g.min for g in self._groups), max(g.max for g in self._groups)
 
-    def make_task(self, item: dict[str, Any], request: Any, on_done: Callable[[Task, BaseException | None], None]) -> Task:
+    def make_task(
+        self, item: dict[str, Any], request: Any, on_done: Callable[[Task, BaseException | None], None]
+    ) -> Task:
         """A task for ``item`` with its bucket, priority and sort score read from the item."""
-        return Task(item, request, on_done, priority=int(item.get("_priority", 0)), bucket=self._bucket_of(item), score=item.get("_sort_score"))
+        return Task(
+            item,
+            request,
+            on_done,
+            priority=int(item.get("_priority", 0)),
+            bucket=self._bucket_of(item),
+            score=item.get("_sort_score"),
+        )
 
     def _bucket_of(self, item: dict[str, Any]) -> Hashable:
         key = self._bucket_key
@@ -215,7 +231,9 @@ class Node:
                 return
             if self._block != "block":
                 self.stats_data.rejected += count
-                raise Overloaded(f"node {self.name!r}: queue full ({self._queue.size}/{self._max_queue} items)", node=self.name)
+                raise Overloaded(
+                    f"node {self.name!r}: queue full ({self._queue.size}/{self._max_queue} items)", node=self.name
+                )
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 raise RequestTimeout(f"node {self.name!r}: deadline passed waiting for queue room", node=self.name)
@@ -278,7 +296,12 @@ class Node:
         for instance in self._instances:
             stuck = instance.current if instance.thread is not None and instance.thread.is_alive() else None
             for task in stuck or ():
-                self._deliver(task, PipeClosed(f"node {self.name!r} closed while instance {instance.index} was still running", node=self.name))
+                self._deliver(
+                    task,
+                    PipeClosed(
+                        f"node {self.name!r} closed while instance {instance.index} was still running", node=self.name
+                    ),
+                )
 
     # ----------------------------------------------------------------- scheduling (lock held)
     def _groups_by_index(self, index: int) -> _Group:
@@ -306,7 +329,9 @@ class Node:
             for group in self._groups:
                 if not group.idle:
                     continue
-                decision = decide(queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=self._upstream)
+                decision = decide(
+                    queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=self._upstream
+                )
                 if decision.take:
                     break
                 if decision.wait is not None:
@@ -341,7 +366,9 @@ class Node:
                 self._dead.append((task, PipeClosed("request already finished", node=self.name)))
             elif request.expired(now):
                 self.stats_data.expired += 1
-                self._dead.append((task, RequestTimeout(f"node {self.name!r}: deadline passed while queued", node=self.name)))
+                self._dead.append(
+                    (task, RequestTimeout(f"node {self.name!r}: deadline passed while queued", node=self.name))
+                )
             else:
                 live.append(task)
         return live

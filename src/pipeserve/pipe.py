@@ -55,10 +55,15 @@ class Pipe:
     """A running pipe. Thread-safe; see the module docstring for an example."""
 
     def __init__(self, config: Config, *, timeout: float | None = None, cpu_count: int | None = None) -> None:
+        """See :func:`pipe`."""
         self.config = load_config(config)
-        if timeout is None and "timeout" in self.config.globals:
-            timeout = get_float(self.config.globals, "timeout", minimum=0.0) / 1e3
         self.timeout = timeout or None
+        # Per-entry default deadlines: the call's timeout, else the pipe's, else the entry
+        # node's ``timeout`` key (milliseconds; a top-level key applies to every node).
+        self._entry_timeouts = {
+            name: timeout or get_float(node.params, "timeout", 0.0, node=name, minimum=0.0) / 1e3 or None
+            for name, node in self.config.nodes.items()
+        }
         for node in self.config.nodes.values():
             for key in _GRAPH_KEYS:
                 if key in node.params:
@@ -66,12 +71,11 @@ class Pipe:
         self._nodes: dict[str, Node] = {}
         try:
             for name, node_config in self.config.nodes.items():
-                node = Node(node_config, cpu_count=cpu_count)
-                self._nodes[name] = node
-                node.start()
+                self._nodes[name] = Node(node_config, cpu_count=cpu_count)
+                self._nodes[name].start()
         except BaseException:
-            for node in self._nodes.values():
-                node.close()
+            for started in self._nodes.values():
+                started.close()
             raise
         self._entries = tuple(self._nodes)
         self._executor = Executor(self._nodes)
@@ -98,7 +102,8 @@ class Pipe:
         if isinstance(item, list):
             return self._call_many(item, timeout)
         request = self._admit(item, timeout)
-        self._executor.start(request, inline=True)
+        # A request with a deadline is never run inline: its caller must be free to time out.
+        self._executor.start(request, inline=request.deadline is None)
         self._wait(request)
         return item
 
@@ -144,7 +149,7 @@ class Pipe:
             entry = self._entries[0]
         elif entry not in self._nodes:
             raise InputError(f"unknown node_name {entry!r}; entries: {list(self._entries)}")
-        seconds = self.timeout if timeout is None else timeout
+        seconds = self._entry_timeouts[entry] if timeout is None else timeout
         deadline = time.monotonic() + seconds if seconds else None
         return Request(item, deadline, entry)
 

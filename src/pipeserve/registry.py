@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
-from .backend import Backend, Child, FunctionBackend, Options
+from .backend import Backend, Child, DuckBackend, FunctionBackend, Options
 from .config import params_for
 from .errors import MissingDependencyError, RegistryError, UnknownNameError
 from .filters import BUILTIN_FILTERS, Filter
@@ -65,9 +65,7 @@ for _name, _attr in {
 @overload
 def register_backend(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
 @overload
-def register_backend(
-    obj: str | None = None, name: str | None = None, *, replace: bool = False
-) -> Callable[[T], T]: ...
+def register_backend(obj: str | None = None, name: str | None = None, *, replace: bool = False) -> Callable[[T], T]: ...
 
 
 def register_backend(obj: Any = None, name: str | None = None, *, replace: bool = False) -> Any:
@@ -87,9 +85,7 @@ def register_backend(obj: Any = None, name: str | None = None, *, replace: bool 
 @overload
 def register_filter(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
 @overload
-def register_filter(
-    obj: str | None = None, name: str | None = None, *, replace: bool = False
-) -> Callable[[T], T]: ...
+def register_filter(obj: str | None = None, name: str | None = None, *, replace: bool = False) -> Callable[[T], T]: ...
 
 
 def register_filter(obj: Any = None, name: str | None = None, *, replace: bool = False) -> Any:
@@ -97,9 +93,7 @@ def register_filter(obj: Any = None, name: str | None = None, *, replace: bool =
     return _register(_filters, "filter", obj, name, replace)
 
 
-def register_lazy_backend(
-    name: str, target: str, *, extra: str | None = None, replace: bool = False
-) -> None:
+def register_lazy_backend(name: str, target: str, *, extra: str | None = None, replace: bool = False) -> None:
     """Register ``"module:attr"`` as backend ``name``, imported on first use.
 
     Args:
@@ -131,9 +125,7 @@ def _store(table: dict[str, Any], kind: str, name: str, value: Any, replace: boo
         raise RegistryError(f"invalid {kind} name {name!r}: use letters, digits, '_', '.', '-'")
     with _lock:
         if name in table and not replace:
-            raise RegistryError(
-                f"a {kind} named {name!r} is already registered; pass replace=True to replace it"
-            )
+            raise RegistryError(f"a {kind} named {name!r} is already registered; pass replace=True to replace it")
         table[name] = value
 
 
@@ -211,9 +203,11 @@ def _check_filters(tree: BackendTree, node: str | None) -> None:
 def _instantiate(factory: Any, name: str) -> Backend:
     if inspect.isclass(factory):
         instance = factory()
+        if isinstance(instance, Backend):
+            return instance
         if not callable(getattr(instance, "forward", None)):
             raise RegistryError(f"backend {name!r} ({factory.__name__}) has no forward() method")
-        return instance  # type: ignore[no-any-return]
+        return DuckBackend(instance)
     return FunctionBackend(factory)
 
 

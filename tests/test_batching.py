@@ -1,0 +1,92 @@
+"""The batch policy and queue, driven with a fake clock (no threads)."""
+
+from typing import Any
+
+from pipeserve.batching import BatchQueue, Task, decide
+
+
+class _Req:
+    finished = False
+    deadline = None
+
+
+def _task(data: Any, *, priority: int = 0, bucket: Any = None, score: float | None = None) -> Task:
+    return Task({"data": data}, _Req(), lambda task, error: None, priority=priority, bucket=bucket, score=score)
+
+
+def _queue(*tasks: Task, start: float = 0.0) -> BatchQueue:
+    queue = BatchQueue()
+    for offset, task in enumerate(tasks):
+        queue.push(task, start + offset * 0.001)
+    return queue
+
+
+def test_empty_queue_waits_for_a_change() -> None:
+    decision = decide(BatchQueue(), 0.0, max_batch=4, timeout=0.01, upstream=3)
+    assert decision.take == 0 and decision.wait is None
+
+
+def test_full_batch_is_released_at_once() -> None:
+    queue = _queue(*[_task(i) for i in range(5)])
+    decision = decide(queue, 0.0, max_batch=4, timeout=10, upstream=100)
+    assert (decision.take, decision.reason) == (4, "full")
+
+
+def test_nothing_coming_releases_a_partial_batch_without_waiting() -> None:
+    queue = _queue(_task(1), _task(2))
+    decision = decide(queue, 0.0, max_batch=4, timeout=10, upstream=0)
+    assert (decision.take, decision.reason) == (2, "nothing_coming")
+
+
+def test_window_measured_from_the_oldest_item() -> None:
+    queue = _queue(_task(1), _task(2), start=1.0)  # enqueued at 1.000 and 1.001
+    waiting = decide(queue, 1.004, max_batch=4, timeout=0.010, upstream=2)
+    assert waiting.take == 0 and abs(waiting.wait - 0.006) < 1e-9  # type: ignore[operator]
+    released = decide(queue, 1.010, max_batch=4, timeout=0.010, upstream=2)
+    assert (released.take, released.reason) == (2, "timeout")
+
+
+def test_instance_with_min_above_queue_waits_unless_nothing_comes() -> None:
+    queue = _queue(_task(1), _task(2), _task(3))
+    assert decide(queue, 0.0, max_batch=8, min_batch=4, timeout=0.0, upstream=5).take == 0
+    assert decide(queue, 0.0, max_batch=8, min_batch=4, timeout=0.0, upstream=0).take == 0
+
+
+def test_priority_orders_within_a_bucket() -> None:
+    queue = _queue(_task("a"), _task("b"), _task("urgent", priority=5), _task("c"))
+    assert [t.item["data"] for t in queue.take(None, 2)] == ["urgent", "a"]
+    assert [t.item["data"] for t in queue.take(None, 5)] == ["b", "c"]
+    assert queue.size == 0
+
+
+def test_buckets_never_share_a_batch_and_the_oldest_bucket_goes_first() -> None:
+    queue = _queue(_task("w64", bucket=64), _task("w32a", bucket=32), _task("w32b", bucket=32))
+    decision = decide(queue, 0.0, max_batch=4, timeout=0, upstream=0)
+    assert decision.bucket == 64 and decision.take == 1
+    assert [t.item["data"] for t in queue.take(decision.bucket, decision.take)] == ["w64"]
+    decision = decide(queue, 0.0, max_batch=4, timeout=0, upstream=0)
+    assert decision.bucket == 32 and decision.take == 2
+
+
+def test_fullest_bucket_wins_when_full() -> None:
+    queue = _queue(_task(0, bucket="a"), *[_task(i, bucket="b") for i in range(4)])
+    decision = decide(queue, 0.0, max_batch=4, timeout=10, upstream=9)
+    assert (decision.bucket, decision.take, decision.reason) == ("b", 4, "full")
+
+
+def test_sort_score_groups_the_head_with_its_nearest_neighbours() -> None:
+    scores = [50.0, 10.0, 52.0, 90.0, 48.0, 11.0]
+    queue = _queue(*[_task(s, score=s) for s in scores])
+    batch = queue.take(None, 3)
+    assert [t.item["data"] for t in batch] == [50.0, 52.0, 48.0]
+    assert [t.item["data"] for t in queue] == [10.0, 90.0, 11.0]
+    assert queue.size == 3
+
+
+def test_remove_if_and_drain() -> None:
+    queue = _queue(*[_task(i, bucket=i % 2) for i in range(6)])
+    removed = queue.remove_if(lambda t: t.item["data"] >= 4)
+    assert sorted(t.item["data"] for t in removed) == [4, 5]
+    assert queue.size == 4
+    assert sorted(t.item["data"] for t in queue.drain()) == [0, 1, 2, 3]
+    assert queue.size == 0 and queue.oldest_enqueued() == float("inf")
