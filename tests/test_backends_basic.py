@@ -116,7 +116,12 @@ def test_sleep_cost_grows_with_the_batch(make_pipe: Any) -> None:
 def test_key_helpers_do_what_their_names_say(make_pipe: Any) -> None:
     base = {"x": 1, "tmp": 2}
     assert _run(make_pipe, {"backend": "Add", "add": "k:v, n:3"}, 7, **base) == {
-        "data": 7, "x": 1, "tmp": 2, "k": "v", "n": "3", "result": 7,
+        "data": 7,
+        "x": 1,
+        "tmp": 2,
+        "k": "v",
+        "n": "3",
+        "result": 7,
     }
     assert _run(make_pipe, {"backend": "Remove", "remove": "tmp,absent"}, 7, **base) == {"data": 7, "x": 1, "result": 7}
     assert _run(make_pipe, {"backend": "Copy", "copy": "x:y"}, 7, **base)["y"] == 1

@@ -301,3 +301,33 @@ def test_submit_storm_then_close_resolves_every_future(recorder: Recording) -> N
         except ps.PipeClosed:
             closed += 1
     assert done + closed == 400 and done > 10
+
+
+def test_thread_affine_backends_are_never_lent_to_callers(make_pipe: Any) -> None:
+    threads: list[int] = []
+
+    class Affine(ps.Backend):
+        thread_affine = True
+
+        def init(self, params: Any, options: ps.Options) -> None:
+            super().init(params, options)
+            threads.append(threading.get_ident())
+
+        def forward(self, items: list[dict[str, Any]]) -> None:
+            threads.append(threading.get_ident())
+            super().forward(items)
+
+    ps.register_backend(Affine, "AffineForSchedulingTest", replace=True)
+    pipe = make_pipe({"backend": "AffineForSchedulingTest"})
+    for i in range(5):
+        pipe({"data": i})
+    assert len(set(threads)) == 1 and threads[0] != threading.get_ident()
+    assert pipe.stats()["main"]["inline"] == 0
+
+
+def test_blocking_calls_run_inline_on_an_idle_instance(make_pipe: Any) -> None:
+    pipe = make_pipe({"backend": "Identity", "instance_num": 2})
+    for i in range(5):
+        pipe({"data": i})
+    stats = pipe.stats()["main"]
+    assert stats["inline"] == 5 and stats["release_reasons"] == {"nothing_coming": 5}

@@ -19,7 +19,8 @@ A blocking caller that finds the queue empty and an instance idle borrows the in
 its own item on its own thread (state BORROWED): this skips two thread hand-offs, which are the
 largest cost of a fast pipe in Python. The instance is still used by one thread at a time, and
 backends that must stay on one thread (``thread_affine = True``) or nodes with ``inline = false``
-never lend their instances.
+never lend their instances. Items that queued meanwhile go to the workers: letting the returning
+caller run them too was measured and made the tail worse (docs/benchmarks.md).
 
 NOTE [shutdown]
 ``close()`` is idempotent: it refuses new items, fails every queued item with PipeClosed, lets
@@ -145,6 +146,8 @@ class Node:
             self.close()
             raise
         self._groups.sort(key=lambda g: (-g.max, g.index))
+        if any(getattr(i.backend, "thread_affine", False) for i in self._instances):
+            self._inline = False  # see NOTE [inline execution]
 
     def _check_ranges(self) -> None:
         for group in self._groups:
@@ -258,7 +261,7 @@ class Node:
             self._fold_busy(instance)
             self._make_idle_locked(instance)
             self._dispatch_locked(None)
-            instance.cv.notify()
+            instance.cv.notify()  # its worker runs what was assigned meanwhile, or sees close()
         self._flush_dead()
         return True
 

@@ -1,0 +1,79 @@
+"""Shared helpers for the benchmarks: fresh-process workers, interleaved repeats, medians.
+
+Every figure is measured in a fresh Python process (so one system's threads or allocator state
+never affect another's), systems are interleaved within each repeat (so drift on a shared
+machine hits them alike), and the median of the repeats is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_PYTHON = ROOT / "benchmarks" / ".peers" / "bin" / "python"
+
+
+def run_worker(python: str, script: Path, args: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``script worker args`` in a fresh process; return the JSON it prints last."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), full_env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [python, str(script), "worker", *args], capture_output=True, text=True, env=full_env, timeout=600, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """The first run's other fields, with the median of ``keys`` over all runs."""
+    merged = dict(runs[0])
+    for key in keys:
+        merged[key] = statistics.median(r[key] for r in runs)
+    merged["runs"] = len(runs)
+    return merged
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "onnxruntime"):
+        try:
+            module = __import__(name)
+            versions[name] = module.__version__
+        except ImportError:
+            pass
+    try:
+        peer = subprocess.run(
+            [str(PEER_PYTHON), "-c", "import importlib.metadata as m; print(m.version('omniback'))"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if peer.returncode == 0:
+            versions["omniback"] = peer.stdout.strip()
+    except OSError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), **versions}
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print a worker's result as the last line of its output."""
+    sys.stdout.write(json.dumps(result) + "\n")
