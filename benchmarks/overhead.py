@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_PYTHON, emit, machine, median_of, run_worker  # noqa: E402
+from common import PEER_PYTHON, emit, machine, median_of, run_worker
 
 SYSTEMS = ("pipeserve", "pipeserve-no-inline", "omniback", "threadpool")
 

@@ -91,6 +91,7 @@ class Decision:
 
 
 WAIT_FOR_CHANGE = Decision()
+_NO_BUCKET: Any = object()
 
 
 def decide(
@@ -112,6 +113,19 @@ def decide(
     """
     if not queue.size:
         return WAIT_FOR_CHANGE
+    if queue.single_bucket is not _NO_BUCKET:  # the common case, without per-bucket scans
+        size = queue.size
+        bucket = queue.single_bucket
+        if size >= max_batch:
+            return Decision(max_batch, bucket, "full")
+        if size < min_batch:
+            return WAIT_FOR_CHANGE
+        if upstream <= 0:
+            return Decision(size, bucket, "nothing_coming")
+        waited = now - queue.oldest_enqueued()
+        if waited >= timeout:
+            return Decision(size, bucket, "timeout")
+        return Decision(wait=timeout - waited)
     bucket, size = queue.largest_bucket()
     if size >= max_batch:
         return Decision(max_batch, bucket, "full")
@@ -138,6 +152,14 @@ class BatchQueue:
         self._ordered = False  # becomes True once any item carries a priority
         self._seq = 0
         self.size = 0
+
+    @property
+    def single_bucket(self) -> Hashable:
+        """The only bucket's key when exactly one bucket holds items and no priorities were
+        seen; a private sentinel otherwise."""
+        if len(self._buckets) != 1 or self._ordered:
+            return _NO_BUCKET  # type: ignore[no-any-return]
+        return next(iter(self._buckets))
 
     def __iter__(self) -> Iterator[Task]:
         for bucket in self._buckets.values():

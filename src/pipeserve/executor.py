@@ -24,17 +24,15 @@ class Executor:
         self.nodes = nodes
 
     def start(self, request: Request, *, inline: bool = False) -> None:
-        """Send ``request`` into its entry node; with ``inline``, run it on this thread if the
-        node has an idle instance and nothing queued (NOTE [inline execution]).
+        """Send ``request`` into its entry node; with ``inline``, the request may run on this
+        thread (NOTE [inline execution]).
 
         Raises:
             Overloaded, PipeClosed, RequestTimeout: the node refused the item.
         """
         node = self.nodes[request.entry]
         task = node.make_task(request.item, request, self.node_done)
-        if inline and node.run_inline(task):
-            return
-        node.put([task], request.deadline)
+        node.put([task], request.deadline, request.caller, inline=inline and request.caller is not None)
 
     def start_many(self, requests: Sequence[Request]) -> None:
         """Send several requests at once, so that those sharing an entry may share a batch."""
@@ -45,10 +43,15 @@ class Executor:
             node = self.nodes[entry]
             deadlines = [r.deadline for r in group if r.deadline is not None]
             tasks = [node.make_task(r.item, r, self.node_done) for r in group]
-            node.put(tasks, min(deadlines) if deadlines else None)
+            node.put(tasks, min(deadlines) if deadlines else None, group[0].caller)
 
     def node_done(self, task: Task, error: BaseException | None) -> None:
         """Called by a node once per task: complete the request."""
+        request = task.request
+        if request.caller is not None:
+            # Before the caller wakes, so that the node's next dispatch already expects it back
+            # (NOTE [expected callers]).
+            self.nodes[request.entry].caller_returned(request.caller)
         if error is None:
             task.request.succeed(task.item)
         else:

@@ -45,19 +45,27 @@ class Instance:
         current: the batch it is running, for close() to fail if it never returns.
     """
 
-    def __init__(self, node: str, index: int, group: int, tree: BackendTree, lock: threading.Lock) -> None:
+    def __init__(self, node: str, index: int, group: int, tree: BackendTree) -> None:
         self.node = node
         self.index = index
         self.group = group
         self.tree = tree
         self.label = str(tree)
-        self.cv = threading.Condition(lock)
+        # A binary semaphore: held while there is nothing new for the worker; the node releases
+        # it ("rings") under its lock only while it is held, so a ring is never lost nor doubled.
+        self.doorbell = threading.Lock()
+        self.doorbell.acquire()
         self.state = State.STARTING
         self.batch: list[Task] | None = None
         self.current: list[Task] | None = None
         self.backend: Backend | None = None
         self.thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # folded into the node's statistics under its lock
+
+    def ring(self) -> None:
+        """Wake the worker (call with the node's lock held)."""
+        if self.doorbell.locked():
+            self.doorbell.release()
 
     def run(self, batch: list[Task], isolate: bool) -> dict[int, RequestError]:
         """Run ``batch`` on the backend; return the failures by batch index.

@@ -14,6 +14,16 @@ groups ``max = 1&4&8`` runs as 4 + 1 + 1 + 1, and a lone item goes to the larges
 ``min`` is 1. When the policy says wait, the idle workers sleep until the window closes and the
 first to wake dispatches again.
 
+NOTE [expected callers]
+At an entry node, "can more items come?" has a second source besides upstream work: blocking
+callers whose call just returned. A closed-loop client comes straight back, so for one batching
+window after a blocking call returns its thread counts as *expected*; it stops counting when it
+calls again or when the window has passed. An idle instance with a partial batch therefore waits
+(at most the window) while expected callers may still fill it, and releases the moment none is
+left: 64 closed-loop clients regroup into full batches instead of fragments, while a lone client
+never waits. A blocking caller also runs inline only when nobody is expected. With
+``batching_timeout = 0`` (the default) nothing is tracked and release is purely work-conserving.
+
 NOTE [inline execution]
 A blocking caller that finds the queue empty and an instance idle borrows the instance and runs
 its own item on its own thread (state BORROWED): this skips two thread hand-offs, which are the
@@ -93,6 +103,8 @@ class Node:
         self._groups: list[_Group] = []
         self._instances: list[Instance] = []
         self._upstream = 0
+        self._expected: dict[int, float] = {}  # caller thread -> when its call returned
+        self._window = 0.0
         self._wake_at: float | None = None
         self._closed = False
         self._dead: list[tuple[Task, BaseException]] = []
@@ -114,7 +126,7 @@ class Node:
         for index, tree, count, timeout in plans:
             group = _Group(index, timeout)
             for _ in range(count):
-                instance = Instance(self.name, len(self._instances), index, tree, self._lock)
+                instance = Instance(self.name, len(self._instances), index, tree)
                 group.instances.append(instance)
                 self._instances.append(instance)
             self._groups.append(group)
@@ -146,6 +158,7 @@ class Node:
             self.close()
             raise
         self._groups.sort(key=lambda g: (-g.max, g.index))
+        self._window = max(g.timeout for g in self._groups)
         if any(getattr(i.backend, "thread_affine", False) for i in self._instances):
             self._inline = False  # see NOTE [inline execution]
 
@@ -209,8 +222,16 @@ class Node:
         item["_bucket_edge"] = math.inf
         return math.inf
 
-    def put(self, tasks: list[Task], deadline: float | None = None) -> None:
+    def put(
+        self, tasks: list[Task], deadline: float | None = None, caller: int | None = None, *, inline: bool = False
+    ) -> None:
         """Queue ``tasks`` together (they may share a batch) and dispatch.
+
+        Args:
+            deadline: for ``overload = "block"``, how long to wait for room.
+            caller: the blocking caller's thread, if any (NOTE [expected callers]).
+            inline: run a single task on this thread if an instance is idle, nothing is queued
+                and no other caller is expected (NOTE [inline execution]); returns once it ran.
 
         Raises:
             PipeClosed: the node is closed.
@@ -218,12 +239,18 @@ class Node:
                 room until ``deadline`` instead, then raises RequestTimeout).
         """
         with self._lock:
-            self._admit_locked(len(tasks), deadline)
-            now = self._clock()
-            for task in tasks:
-                self._queue.push(task, now)
-            self.stats_data.arrived += len(tasks)
-            self._dispatch_locked(None)
+            if caller is not None:
+                self._expected.pop(caller, None)
+            borrowed = self._borrow_locked() if inline and len(tasks) == 1 else None
+            if borrowed is None:
+                self._admit_locked(len(tasks), deadline)
+                now = self._clock()
+                for task in tasks:
+                    self._queue.push(task, now)
+                self.stats_data.arrived += len(tasks)
+                self._dispatch_locked(None)
+        if borrowed is not None:
+            self._run_borrowed(borrowed, tasks)
         self._flush_dead()
 
     def _admit_locked(self, count: int, deadline: float | None) -> None:
@@ -242,28 +269,45 @@ class Node:
                 raise RequestTimeout(f"node {self.name!r}: deadline passed waiting for queue room", node=self.name)
             self._space.wait(wait)
 
-    def run_inline(self, task: Task) -> bool:
-        """Run ``task`` on the calling thread if an instance is idle and nothing is queued.
+    def _borrow_locked(self) -> Instance | None:
+        """An idle instance for the caller to run one item on, or None (NOTE [inline execution])."""
+        if self._closed or self._queue.size or not self._inline:
+            return None
+        if self._expected and self._expected_count(self._clock()):
+            return None
+        instance = self._idle_instance_for_one()
+        if instance is None:
+            return None
+        self._groups_by_index(instance.group).idle.remove(instance)
+        instance.state = State.BORROWED
+        self.stats_data.record_release(1, "nothing_coming", 0.0, inline=True)
+        self.stats_data.arrived += 1
+        return instance
 
-        Returns False (having done nothing) otherwise. See NOTE [inline execution].
-        """
-        with self._lock:
-            if self._closed or self._queue.size or not self._inline:
-                return False
-            instance = self._idle_instance_for_one()
-            if instance is None:
-                return False
-            self._groups_by_index(instance.group).idle.remove(instance)
-            instance.state = State.BORROWED
-            self.stats_data.record_release(1, "nothing_coming", 0.0, inline=True)
-        self._execute(instance, [task])
+    def _run_borrowed(self, instance: Instance, batch: list[Task]) -> None:
+        self._execute(instance, batch)
         with self._lock:
             self._fold_busy(instance)
             self._make_idle_locked(instance)
             self._dispatch_locked(None)
-            instance.cv.notify()  # its worker runs what was assigned meanwhile, or sees close()
-        self._flush_dead()
-        return True
+            instance.ring()  # its worker runs what was assigned meanwhile, or sees close()
+
+    def caller_returned(self, caller: int) -> None:
+        """A blocking call from thread ``caller`` returned: expect it back for one window."""
+        if self._window <= 0:
+            return
+        with self._lock:
+            self._expected.pop(caller, None)  # re-insert so the dict stays ordered by time
+            self._expected[caller] = self._clock()
+
+    def _expected_count(self, now: float) -> int:
+        expected = self._expected
+        while expected:
+            oldest = next(iter(expected))
+            if now - expected[oldest] < self._window:
+                break
+            del expected[oldest]
+        return len(expected)
 
     def add_upstream(self, delta: int) -> None:
         """Count items in flight upstream that may still arrive (see NOTE [batch release])."""
@@ -286,7 +330,7 @@ class Node:
             self._closed = True
             pending = self._queue.drain()
             for instance in self._instances:
-                instance.cv.notify_all()
+                instance.ring()
             self._space.notify_all()
         for task in pending:
             self._deliver(task, PipeClosed(f"node {self.name!r} closed before the item ran", node=self.name))
@@ -329,11 +373,12 @@ class Node:
         while queue.size:
             now = self._clock()
             wait: float | None = None
+            upstream = self._upstream + (self._expected_count(now) if self._expected else 0)
             for group in self._groups:
                 if not group.idle:
                     continue
                 decision = decide(
-                    queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=self._upstream
+                    queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=upstream
                 )
                 if decision.take:
                     break
@@ -353,7 +398,7 @@ class Node:
             instance.batch = batch
             self.stats_data.record_release(len(batch), decision.reason, sum(now - t.enqueued for t in batch))
             if instance is not prefer:
-                instance.cv.notify()
+                instance.ring()
         self._wake_at = None
 
     def _space_waiters(self) -> bool:
@@ -384,7 +429,7 @@ class Node:
         self._wake_at = at
         for group in self._groups:
             for instance in group.idle:
-                instance.cv.notify()
+                instance.ring()
 
     # ----------------------------------------------------------------- workers
     def _serve(self, instance: Instance, ready: threading.Barrier, errors: list[BaseException]) -> None:
@@ -434,7 +479,11 @@ class Node:
         if self._wake_at is not None:
             timeout = self._wake_at - self._clock()
         if timeout is None or timeout > 0:
-            instance.cv.wait(timeout)
+            self._lock.release()  # as Condition.wait does, with a cheaper wake-up
+            try:
+                instance.doorbell.acquire(timeout=-1 if timeout is None else timeout)
+            finally:
+                self._lock.acquire()
         if self._wake_at is not None and self._clock() >= self._wake_at:
             self._wake_at = None
             self._dispatch_locked(instance if instance.state is State.IDLE else None)

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from .config import get_float, load_config
@@ -102,6 +101,7 @@ class Pipe:
         if isinstance(item, list):
             return self._call_many(item, timeout)
         request = self._admit(item, timeout)
+        request.caller = threading.get_ident()
         # A request with a deadline is never run inline: its caller must be free to time out.
         self._executor.start(request, inline=request.deadline is None)
         self._wait(request)
@@ -114,9 +114,10 @@ class Pipe:
             InputError, Overloaded, PipeClosed: the item was not admitted.
         """
         request = self._admit(item, timeout)
+        future = request.attach_future()
         self._deadlines.watch(request)
         self._executor.start(request)
-        return request.future
+        return future
 
     async def acall(self, item: Item, *, timeout: float | None = None) -> Item:
         """Process ``item`` without blocking the event loop; returns the updated item."""
@@ -124,6 +125,9 @@ class Pipe:
 
     def _call_many(self, items: list[Item], timeout: float | None) -> list[Item]:
         requests = [self._admit(item, timeout) for item in items]
+        caller = threading.get_ident()
+        for request in requests:
+            request.caller = caller
         self._executor.start_many(requests)
         first_error: BaseException | None = None
         for request in requests:
@@ -156,11 +160,11 @@ class Pipe:
     @staticmethod
     def _wait(request: Request) -> None:
         remaining = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
-        try:
-            request.future.result(remaining)
-        except FutureTimeout:
+        if not request.wait(remaining):
             request.time_out()
-            request.future.result()
+            request.wait(None)
+        if request.error is not None:
+            raise request.error
 
     # ----------------------------------------------------------------- introspection
     def max(self, node_name: str | None = None) -> int:

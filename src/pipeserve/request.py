@@ -28,12 +28,16 @@ class Request:
     Attributes:
         caller_item: the caller's dict, updated in place on success.
         item: the working copy the nodes see (without a stale ``result``).
-        future: resolves to ``caller_item`` or to the error.
+        future: for ``submit``/``acall`` (see :meth:`attach_future`), resolves to
+            ``caller_item`` or to the error; blocking calls wait with :meth:`wait` instead, which
+            costs a lock rather than a Future.
+        error: the error delivered, once finished.
         deadline: a ``time.monotonic()`` reading after which the request fails, or None.
         entry: the node the request starts at.
+        caller: the thread blocked on this request (a blocking call), or None.
     """
 
-    __slots__ = ("_gate", "caller_item", "deadline", "entry", "future", "item")
+    __slots__ = ("_done", "_gate", "caller", "caller_item", "deadline", "entry", "error", "future", "item")
 
     def __init__(self, caller_item: Item, deadline: float | None, entry: str) -> None:
         self.caller_item = caller_item
@@ -41,13 +45,29 @@ class Request:
         self.item.pop("result", None)
         self.deadline = deadline
         self.entry = entry
-        self.future: Future[Item] = Future()
+        self.caller: int | None = None
+        self.future: Future[Item] | None = None
+        self.error: BaseException | None = None
         self._gate = threading.Lock()
+        self._done = threading.Lock()  # held until an outcome is delivered
+        self._done.acquire()
+
+    def attach_future(self) -> Future[Item]:
+        """Create the Future (before the request is started)."""
+        self.future = Future()
+        return self.future
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until an outcome is delivered or ``timeout`` seconds pass; True if delivered."""
+        if self._done.acquire(timeout=-1 if timeout is None else timeout):
+            self._done.release()  # let any other waiter through too
+            return True
+        return False
 
     @property
     def finished(self) -> bool:
         """True once an outcome was delivered (or the caller cancelled the future)."""
-        return self._gate.locked() or self.future.cancelled()
+        return self._gate.locked() or (self.future is not None and self.future.cancelled())
 
     def expired(self, now: float) -> bool:
         """True if the deadline has passed at clock reading ``now``."""
@@ -77,6 +97,10 @@ class Request:
         return self.fail(RequestTimeout(f"request deadline passed (entry node {self.entry!r})", node=self.entry))
 
     def _resolve(self, result: Item | None, error: BaseException | None) -> bool:
+        self.error = error
+        self._done.release()
+        if self.future is None:
+            return True
         try:
             if error is None:
                 self.future.set_result(result)  # type: ignore[arg-type]
