@@ -333,3 +333,35 @@ def test_blocking_calls_run_inline_on_an_idle_instance(make_pipe: Any) -> None:
         pipe({"data": i})
     stats = pipe.stats()["main"]
     assert stats["inline"] == 5 and stats["release_reasons"] == {"nothing_coming": 5}
+
+
+def test_closed_loop_callers_regroup_into_batches_without_waiting_out_windows(make_pipe: Any) -> None:
+    # Two closed-loop clients on one instance: each waits for the other to come back rather
+    # than running alone, and never waits out the (deliberately huge) window.
+    pipe = make_pipe({"backend": "Sleep", "sleep_ms": 2, "max": 4, "batching_timeout": 60_000})
+
+    def client(k: int) -> None:
+        for i in range(30):
+            assert pipe({"data": (k, i)})["result"] == (k, i)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    stats = pipe.stats()["main"]
+    assert stats["items"] == 60
+    assert "timeout" not in stats["release_reasons"]
+    assert stats["batch_sizes"].get(2, 0) >= 20  # they pair up
+
+
+def test_a_caller_that_does_not_come_back_is_not_waited_for_a_whole_window(make_pipe: Any) -> None:
+    # A one-minute window: waiting it out would trip the test's hang timeout.
+    pipe = make_pipe({"backend": "Identity", "max": 4, "batching_timeout": 60_000})
+    first = threading.Thread(target=lambda: pipe({"data": "once"}))
+    first.start()
+    first.join(10)
+    pipe({"data": "later"})  # the first caller is expected back only for about a return gap
+    stats = pipe.stats()["main"]
+    assert stats["release_reasons"] == {"nothing_coming": 2}
+    assert stats["mean_queue_ms"] < 1000

@@ -16,13 +16,16 @@ first to wake dispatches again.
 
 NOTE [expected callers]
 At an entry node, "can more items come?" has a second source besides upstream work: blocking
-callers whose call just returned. A closed-loop client comes straight back, so for one batching
-window after a blocking call returns its thread counts as *expected*; it stops counting when it
-calls again or when the window has passed. An idle instance with a partial batch therefore waits
-(at most the window) while expected callers may still fill it, and releases the moment none is
-left: 64 closed-loop clients regroup into full batches instead of fragments, while a lone client
-never waits. A blocking caller also runs inline only when nobody is expected. With
-``batching_timeout = 0`` (the default) nothing is tracked and release is purely work-conserving.
+callers whose call just returned. A closed-loop client comes straight back, so after a blocking
+call returns its thread counts as *expected* until it calls again or its expectation lapses. An
+expectation lasts twice the longest recent return gap (a decaying maximum of how long callers
+took to come back, plus ``_EXPECT_SLACK``), never longer than the batching window; so a client
+that stopped calling delays the others by about one return gap, not a whole window. An idle
+instance with a partial batch waits while expected callers may still fill it, and releases the
+moment none is left: 64 closed-loop clients regroup into full batches instead of fragments, two
+pair up, and a lone client never waits. A blocking caller also runs inline only when nobody is
+expected. With ``batching_timeout = 0`` (the default) nothing is tracked and release is purely
+work-conserving.
 
 NOTE [inline execution]
 A blocking caller that finds the queue empty and an instance idle borrows the instance and runs
@@ -60,6 +63,8 @@ from .syntax import parse_backend
 __all__ = ["Node"]
 
 Clock = Callable[[], float]
+_EXPECT_SLACK = 0.0002  # seconds added to the return-gap estimate (NOTE [expected callers])
+_GAP_DECAY = 0.995  # per observed return: how fast the longest-gap estimate forgets
 
 
 class _Group:
@@ -105,6 +110,7 @@ class Node:
         self._upstream = 0
         self._expected: dict[int, float] = {}  # caller thread -> when its call returned
         self._window = 0.0
+        self._return_gap = 0.0  # decaying maximum of observed return gaps, seconds
         self._wake_at: float | None = None
         self._closed = False
         self._dead: list[tuple[Task, BaseException]] = []
@@ -239,8 +245,8 @@ class Node:
                 room until ``deadline`` instead, then raises RequestTimeout).
         """
         with self._lock:
-            if caller is not None:
-                self._expected.pop(caller, None)
+            if caller is not None and self._expected:
+                self._caller_back_locked(caller)
             borrowed = self._borrow_locked() if inline and len(tasks) == 1 else None
             if borrowed is None:
                 self._admit_locked(len(tasks), deadline)
@@ -300,14 +306,31 @@ class Node:
             self._expected.pop(caller, None)  # re-insert so the dict stays ordered by time
             self._expected[caller] = self._clock()
 
+    def _caller_back_locked(self, caller: int) -> None:
+        returned = self._expected.pop(caller, None)
+        if returned is not None:
+            gap = self._clock() - returned
+            self._return_gap = max(gap, self._return_gap * _GAP_DECAY)
+
+    def _expect_for(self) -> float:
+        return min(self._window, 2 * self._return_gap + _EXPECT_SLACK)
+
     def _expected_count(self, now: float) -> int:
+        """How many callers are expected back now (lapsed expectations are dropped)."""
         expected = self._expected
+        lasts = self._expect_for()
         while expected:
             oldest = next(iter(expected))
-            if now - expected[oldest] < self._window:
+            if now - expected[oldest] < lasts:
                 break
             del expected[oldest]
         return len(expected)
+
+    def _next_lapse(self) -> float | None:
+        """When the oldest expectation lapses, if any is held."""
+        for returned in self._expected.values():
+            return returned + self._expect_for()
+        return None
 
     def add_upstream(self, delta: int) -> None:
         """Count items in flight upstream that may still arrive (see NOTE [batch release])."""
@@ -385,7 +408,11 @@ class Node:
                 if decision.wait is not None:
                     wait = decision.wait if wait is None else min(wait, decision.wait)
             else:
-                self._arm_timer_locked(None if wait is None else now + wait)
+                if wait is None:
+                    self._arm_timer_locked(None)
+                else:
+                    lapse = self._next_lapse()
+                    self._arm_timer_locked(now + wait if lapse is None else min(now + wait, lapse))
                 return
             batch = self._live(queue.take(decision.bucket, decision.take), now)
             if self._space_waiters():
