@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,23 +71,10 @@ class MLP:
 def _ideal(model: MLP, rows: Any, threads: int, seconds: float, largest: int) -> tuple[int, float, dict[int, float]]:
     """Best items/s of ``threads`` threads calling ``model`` back to back, over batch sizes up
     to ``largest`` (what the clients can keep in flight per thread)."""
-    rates = {}
-    for batch in (b for b in BATCHES if b <= largest):
-        x = rows[:batch].copy()
-        counts = [0] * threads
-        end = time.perf_counter() + seconds
+    from pipeserve.bench import measure_ideal
 
-        def loop(index: int, x: Any = x, end: float = end, counts: list[int] = counts) -> None:
-            while time.perf_counter() < end:
-                model(x)
-                counts[index] += 1
-
-        pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        rates[batch] = sum(counts) * batch / seconds
+    sizes = [b for b in BATCHES if b <= largest]
+    rates = measure_ideal(lambda b: model(rows[:b]), threads=threads, batch_sizes=sizes, seconds=seconds)
     best = max(rates, key=lambda b: rates[b])
     return best, rates[best], rates
 

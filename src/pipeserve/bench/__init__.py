@@ -4,6 +4,6 @@ Uses only the public API (any callable that processes one item), so it measures 
 peer framework or a plain function alike.
 """
 
-from .loadgen import LoadResult, format_table, percentile, run_closed_loop, run_open_loop
+from .loadgen import LoadResult, format_table, measure_ideal, percentile, run_closed_loop, run_open_loop
 
-__all__ = ["LoadResult", "format_table", "percentile", "run_closed_loop", "run_open_loop"]
+__all__ = ["LoadResult", "format_table", "measure_ideal", "percentile", "run_closed_loop", "run_open_loop"]

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["LoadResult", "format_table", "percentile", "run_closed_loop", "run_open_loop"]
+__all__ = ["LoadResult", "format_table", "measure_ideal", "percentile", "run_closed_loop", "run_open_loop"]
 
 Item = dict[str, Any]
 
@@ -67,7 +67,7 @@ class LoadResult:
 
 class _Progress:
     def __init__(self, stream: TextIO | None, total_seconds: float, label: str) -> None:
-        self.stream = stream
+        self.stream = stream if stream is not None and stream.isatty() else None
         self.total = total_seconds
         self.label = label
         self.last = 0.0
@@ -207,6 +207,32 @@ def run_open_loop(
             pass
     bar.finish()
     return result
+
+
+def measure_ideal(
+    call_batch: Callable[[int], Any], *, threads: int, batch_sizes: Sequence[int], seconds: float = 1.0
+) -> dict[int, float]:
+    """Items per second of ``threads`` threads each calling ``call_batch(b)`` back to back, for
+    each batch size ``b``: the limit a scheduler is measured against (no queues, no hand-offs).
+    """
+    rates: dict[int, float] = {}
+    for batch in batch_sizes:
+        counts = [0] * threads
+        start = time.perf_counter()
+        end = start + seconds
+
+        def loop(index: int, batch: int = batch, end: float = end, counts: list[int] = counts) -> None:
+            while time.perf_counter() < end:
+                call_batch(batch)
+                counts[index] += 1
+
+        pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        rates[batch] = sum(counts) * batch / (time.perf_counter() - start)
+    return rates
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -1,0 +1,105 @@
+"""The ``pipeserve`` command line.
+
+pipeserve demo                      the main job: the scheduler on built-in backends
+pipeserve bench CONFIG [options]    load-test any pipeline configuration
+pipeserve backends                  list registered backends and filters
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pipeserve
+
+from .bench import format_table, run_closed_loop, run_open_loop
+
+
+def _items_from(args: argparse.Namespace) -> list[Any]:
+    if args.input:
+        files = sorted(p for p in Path(args.input).iterdir() if p.is_file())
+        if not files:
+            raise SystemExit(f"no files in {args.input}")
+        return [p.read_bytes() for p in files]
+    return [args.data]
+
+
+def bench(args: argparse.Namespace) -> int:
+    payloads = _items_from(args)
+    with pipeserve.pipe(args.config) as pipe:
+
+        def make_item(index: int) -> dict[str, Any]:
+            return {"data": payloads[index % len(payloads)]}
+
+        rows = []
+        for clients in args.clients:
+            if args.rate:
+                result = run_open_loop(
+                    pipe.submit,
+                    make_item,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    label=f"{args.rate}/s",
+                    progress=sys.stderr,
+                )
+            else:
+                result = run_closed_loop(
+                    pipe,
+                    make_item,
+                    clients=clients,
+                    seconds=args.seconds,
+                    label=f"{clients} clients",
+                    progress=sys.stderr,
+                )
+            rows.append(result.summary())
+            if result.first_error:
+                print(f"first error: {result.first_error}", file=sys.stderr)
+            if args.rate:
+                break
+        print(
+            format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"])
+        )
+        if args.stats:
+            print(json.dumps(pipe.stats(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipeserve`` command."""
+    parser = argparse.ArgumentParser(prog="pipeserve", description="Serve deep-learning pipelines in one process.")
+    parser.add_argument("--version", action="version", version=f"pipeserve {pipeserve.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the main job: the scheduler on built-in backends")
+    demo.add_argument("--seconds", type=float, default=2.0, help="measuring time per scenario row")
+
+    load = commands.add_parser("bench", help="load-test a pipeline configuration")
+    load.add_argument("config", help="a TOML file")
+    load.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
+    load.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (instead of clients)")
+    load.add_argument("--seconds", type=float, default=5.0)
+    load.add_argument("--input", help="a folder whose files are sent as bytes in 'data'")
+    load.add_argument("--data", default="x", help="the 'data' to send when no --input is given")
+    load.add_argument("--stats", action="store_true", help="print per-node statistics afterwards")
+
+    commands.add_parser("backends", help="list registered backends and filters")
+
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .bench.demo import main as run_demo
+
+        run_demo(args.seconds)
+        return 0
+    if args.command == "bench":
+        return bench(args)
+    print("backends:", ", ".join(pipeserve.list_backends()))
+    print("filters: ", ", ".join(pipeserve.list_filters()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
