@@ -26,6 +26,7 @@ from .errors import (
     RequestTimeout,
     UnknownNameError,
 )
+from .events import Event
 from .filters import Status
 from .pipe import Pipe, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
@@ -37,6 +38,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "ContractError",
+    "Event",
     "FilterError",
     "InputError",
     "MissingDependencyError",

@@ -47,7 +47,7 @@ class Task:
         score: the sort score, or None.
     """
 
-    __slots__ = ("bucket", "enqueued", "item", "on_done", "priority", "request", "score", "seq")
+    __slots__ = ("bucket", "enqueued", "item", "on_done", "priority", "request", "score", "seq", "tag")
 
     def __init__(
         self,
@@ -67,6 +67,7 @@ class Task:
         self.score = score
         self.enqueued = 0.0
         self.seq = 0
+        self.tag: str = ""  # the graph node (logical name) the task belongs to
 
     def sort_key(self) -> tuple[int, int]:
         """Most urgent first: higher priority, then earlier arrival."""

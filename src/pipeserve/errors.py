@@ -170,6 +170,19 @@ class RequestTimeout(RequestError, TimeoutError):
     """
 
 
+def relocate(error: BaseException, prefix: str, *, node: str | None = None) -> RequestError:
+    """A copy of ``error`` (same RequestError type, else BackendError) whose message starts with
+    ``prefix``; its location attributes and cause are kept, ``node`` filled in if missing."""
+    if isinstance(error, RequestError):
+        copy = type(error).__new__(type(error))
+        RequestError.__init__(
+            copy, f"{prefix}: {error}", node=error.node or node, backend=error.backend, instance=error.instance
+        )
+        copy.__cause__ = error.__cause__
+        return copy
+    return BackendError(error, node=node)
+
+
 def where(node: str | None, backend: str | None = None, instance: int | None = None) -> str:
     """Format a location (node, backend, instance) for error messages."""
     return _where(node, backend, instance)

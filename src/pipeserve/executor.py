@@ -1,38 +1,77 @@
-"""Walks requests through the nodes and completes them exactly once.
+"""Walks requests through the graph and completes them exactly once.
 
-Each entry of the pipe is one node for now; the multi-node graph (``next``, ``map``, filters,
-sub-requests) builds on this same contract: a node calls back :meth:`Executor.node_done` once
-per task, with the error or None, and the executor either routes the item on or completes the
-request through its gate (NOTE [ownership]).
+A single-node entry takes a short path: its task's request is the Request itself. Any other entry
+gets a :class:`Walk`, the per-request state of one pass through the entry's subgraph.
+
+NOTE [walk]
+Each node of a walk runs once all its predecessors inside the subgraph are done. Its input is a
+shallow copy of its single predecessor's output, or a new dict built by its ``map``; ``context``
+is carried over when a map does not mention it. Its filter then decides: ``Run`` queues it at its
+node's scheduler (where it batches with other requests' items), ``Skip`` passes the input on as
+its output, ``Break`` ends the request with the input as its output (work still running in other
+branches is dropped, never delivered), ``SerialSkip``/``SubGraphSkip`` skip a chain or a closed
+subgraph whose nodes all *fold* into the skipping node (a later map naming them reads the skipping
+node's input), ``Error`` fails the request. The first error of any node stops new nodes from
+starting and ends the request once its running nodes finish. The sink's output is the request's.
+
+``Jump`` and ``MapReduce`` nodes run no instance: they start child walks over the jump target's
+subgraph (one per element of the ``split`` list), whose first tasks are queued together so that
+sub-items of every request batch together downstream, and merge the children's ``merge`` keys back
+as lists, in split order. A failing child fails its parent naming its index.
+
+Every node of a walk is counted upstream at its scheduler until the item reaches it or is
+skipped, so that batching windows wait only while something can still come (NOTE [batch release]).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from . import handoff
 from .batching import Task
+from .errors import FilterError, PipeServeError, RequestError, relocate
+from .filters import Filter, Status, as_status
+from .graph import COMPUTE, JUMP, Graph, GraphNode, Plan
 from .node import Node
+from .registry import resolve_filter
 from .request import Request
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "Walk"]
+
+Item = dict[str, Any]
+Finish = Callable[["Walk", Item | None, BaseException | None], None]
 
 
 class Executor:
-    """Starts requests at their entry node and finishes them when the node is done."""
+    """Starts requests at their entry and finishes them when their walk ends."""
 
-    def __init__(self, nodes: Mapping[str, Node]) -> None:
+    def __init__(self, graph: Graph, nodes: Mapping[str, Node]) -> None:
+        self.graph = graph
         self.nodes = nodes
+        self.filters: dict[str, Filter] = {
+            name: resolve_filter(node.filter, name) for name, node in graph.nodes.items() if node.filter is not None
+        }
+
+    def scheduler(self, name: str) -> Node | None:
+        """The scheduler running graph node ``name`` (None for Jump/MapReduce nodes)."""
+        return self.nodes.get(self.graph.nodes[name].physical)
 
     def start(self, request: Request, *, inline: bool = False) -> None:
-        """Send ``request`` into its entry node; with ``inline``, the request may run on this
-        thread (NOTE [inline execution]).
+        """Send ``request`` into its entry; with ``inline``, a single-node entry may run it on
+        this thread (NOTE [inline execution]).
 
         Raises:
-            Overloaded, PipeClosed, RequestTimeout: the node refused the item.
+            Overloaded, PipeClosed, RequestTimeout: the entry node refused the item.
         """
-        node = self.nodes[request.entry]
-        task = node.make_task(request.item, request, self.node_done)
-        node.put([task], request.deadline, request.caller, inline=inline and request.caller is not None)
+        plan = self.graph.plan(request.entry)
+        node = self._single(plan)
+        if node is not None:
+            task = node.make_task(request.item, request, self._single_done)
+            node.put([task], request.deadline, request.caller, inline=inline and request.caller is not None)
+            return
+        Walk(self, plan, request, self._request_done).begin([request.item])
 
     def start_many(self, requests: Sequence[Request]) -> None:
         """Send several requests at once, so that those sharing an entry may share a batch."""
@@ -40,19 +79,320 @@ class Executor:
         for request in requests:
             by_entry.setdefault(request.entry, []).append(request)
         for entry, group in by_entry.items():
-            node = self.nodes[entry]
+            plan = self.graph.plan(entry)
+            node = self._single(plan)
+            if node is None:
+                for request in group:
+                    Walk(self, plan, request, self._request_done).begin([request.item])
+                continue
             deadlines = [r.deadline for r in group if r.deadline is not None]
-            tasks = [node.make_task(r.item, r, self.node_done) for r in group]
+            tasks = [node.make_task(r.item, r, self._single_done) for r in group]
             node.put(tasks, min(deadlines) if deadlines else None, group[0].caller)
 
-    def node_done(self, task: Task, error: BaseException | None) -> None:
-        """Called by a node once per task: complete the request."""
-        request = task.request
+    def _single(self, plan: Plan) -> Node | None:
+        if len(plan.nodes) != 1 or self.graph.nodes[plan.entry].kind != COMPUTE:
+            return None
+        return self.scheduler(plan.entry)
+
+    def _expect_caller_back(self, request: Request) -> None:
         if request.caller is not None:
-            # Before the caller wakes, so that the node's next dispatch already expects it back
-            # (NOTE [expected callers]).
-            self.nodes[request.entry].caller_returned(request.caller)
+            node = self.scheduler(request.entry)
+            if node is not None:
+                # Before the caller wakes, so that the node's next dispatch already expects it back
+                # (NOTE [expected callers]).
+                node.caller_returned(request.caller)
+
+    def _single_done(self, task: Task, error: BaseException | None) -> None:
+        request: Request = task.request
+        self._expect_caller_back(request)
         if error is None:
-            task.request.succeed(task.item)
+            request.succeed(task.item)
         else:
-            task.request.fail(error)
+            request.fail(error)
+
+    def _request_done(self, walk: Walk, output: Item | None, error: BaseException | None) -> None:
+        request = walk.root
+        self._expect_caller_back(request)
+        if error is not None:
+            request.fail(error)
+        else:
+            assert output is not None
+            request.succeed(output)
+
+
+class _Gather:
+    """The children of one Jump/MapReduce node."""
+
+    def __init__(self, count: int) -> None:
+        self.lock = threading.Lock()
+        self.left = count
+        self.outputs: list[Item | None] = [None] * count
+        self.error: tuple[int, BaseException] | None = None
+
+
+class Walk:
+    """One request's pass through a plan (NOTE [walk]). Nodes see it as the task's request."""
+
+    def __init__(self, executor: Executor, plan: Plan, root: Request, on_finish: Finish) -> None:
+        self.executor = executor
+        self.graph = executor.graph
+        self.plan = plan
+        self.root = root
+        self.on_finish = on_finish
+        self.lock = threading.Lock()
+        self.outputs: dict[str, Item] = {}
+        self.pending = dict(plan.pending)
+        self.folded: dict[str, Item] = {}
+        self.running = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self.counted: set[str] = set()  # nodes still counted upstream at their scheduler
+
+    # ------------------------------------------------------------------ what nodes ask of a request
+    @property
+    def finished(self) -> bool:
+        return self.done or self.root.finished
+
+    @property
+    def deadline(self) -> float | None:
+        return self.root.deadline
+
+    def expired(self, now: float) -> bool:
+        return self.root.expired(now)
+
+    def fail(self, error: BaseException) -> bool:
+        self._failed(self.plan.entry, error)
+        return True
+
+    # ------------------------------------------------------------------ walking
+    def count_upstream(self, times: int) -> None:
+        """Count this walk's nodes (but its entry) upstream at their schedulers, ``times`` over."""
+        for name in self.plan.nodes:
+            node = self.executor.scheduler(name)
+            if name != self.plan.entry and node is not None and node.counts_upstream:
+                node.add_upstream(times)
+                self.counted.add(name)
+
+    def _uncount(self, name: str) -> int:
+        """Stop counting ``name`` upstream; returns what to pass as ``arrived`` to ``put``."""
+        with self.lock:
+            if name not in self.counted:
+                return 0
+            self.counted.discard(name)
+        return 1
+
+    def begin(self, items: list[Item], *, walks: Sequence[Walk] = (), counted: bool = False) -> None:
+        """Start this walk (and ``walks``, siblings with the same plan) at the entry with
+        ``items``, one per walk; siblings' first tasks are queued together."""
+        group = [self, *walks]
+        if not counted:
+            for walk in group:
+                walk.count_upstream(1)
+        entry = self.graph.nodes[self.plan.entry]
+        node = self.executor.scheduler(entry.name)
+        if entry.kind != COMPUTE or node is None:
+            for walk, item in zip(group, items, strict=True):
+                walk._run_sub_requests(entry, item)
+            return
+        tasks = []
+        for walk, item in zip(group, items, strict=True):
+            task = node.make_task(item, walk, walk._task_done)
+            task.tag = entry.name
+            tasks.append(task)
+            with walk.lock:
+                walk.running += 1
+        try:
+            node.put(tasks, self.root.deadline)
+        except PipeServeError as exc:
+            for walk in group:
+                with walk.lock:
+                    walk.running -= 1
+                walk._failed(entry.name, exc)
+
+    def _launch(self, node: GraphNode, item: Item) -> None:
+        if node.kind != COMPUTE:
+            self._uncount_and_forget(node.name)
+            self._run_sub_requests(node, item)
+            return
+        scheduler = self.executor.scheduler(node.name)
+        assert scheduler is not None
+        task = scheduler.make_task(item, self, self._task_done)
+        task.tag = node.name
+        with self.lock:
+            self.running += 1
+        # A refused put comes back through _task_done with the error (NOTE [hand-off]).
+        handoff.put(scheduler, task, self.root.deadline, self._uncount(node.name))
+
+    def _uncount_and_forget(self, name: str) -> None:
+        if self._uncount(name):
+            scheduler = self.executor.scheduler(name)
+            if scheduler is not None:
+                scheduler.add_upstream(-1)
+
+    def _task_done(self, task: Task, error: BaseException | None) -> None:
+        with self.lock:
+            self.running -= 1
+        if error is not None:
+            self._failed(task.tag, error)
+        else:
+            self._completed(task.tag, task.item)
+
+    def _completed(self, name: str, output: Item) -> None:
+        ready = []
+        with self.lock:
+            if self.done or self.error is not None:
+                settle = self.error is not None and self.running == 0 and not self.done
+            else:
+                settle = False
+                self.outputs[name] = output
+                if name != self.plan.sink:
+                    for following in self.plan.successors[name]:
+                        self.pending[following] -= 1
+                        if not self.pending[following]:
+                            ready.append(following)
+        if settle:
+            self._finish(None, self.error)
+        elif name == self.plan.sink and not self.done and self.error is None:
+            self._finish(output, None)
+        for following in ready:
+            self._ready(following)
+
+    def _failed(self, name: str, error: BaseException) -> None:
+        if not isinstance(error, RequestError):
+            error = relocate(error, f"node {name!r}", node=name)
+        with self.lock:
+            if self.error is None:
+                self.error = error
+            settle = self.running == 0 and not self.done
+        if settle:
+            self._finish(None, self.error)
+
+    def _ready(self, name: str) -> None:
+        """All predecessors of ``name`` are done: build its input, filter, act (NOTE [walk])."""
+        if name in self.folded:
+            self._uncount_and_forget(name)
+            self._completed(name, self.folded[name])
+            return
+        node = self.graph.nodes[name]
+        try:
+            item = self._input_for(node)
+            decide = self.executor.filters.get(name)
+            status = Status.Run if decide is None else as_status(decide(item), node.filter or "")
+        except Exception as exc:  # noqa: BLE001 - a bad map or a raising filter fails the request
+            self._uncount_and_forget(name)
+            self._failed(name, exc)
+            return
+        if status is Status.Run:
+            self._launch(node, item)
+            return
+        self._uncount_and_forget(name)
+        if status is Status.Skip:
+            self._completed(name, item)
+        elif status is Status.Break:
+            self._finish(item, None)
+        elif status is Status.Error:
+            self._failed(name, FilterError(f"node {name!r}: filter {node.filter!r} rejected the item", node=name))
+        else:
+            group = self.plan.serial_chains[name] if status is Status.SerialSkip else self.plan.subgraph_skips[name]
+            with self.lock:
+                for skipped in group:
+                    self.folded[skipped] = item
+            self._completed(name, item)
+
+    def _input_for(self, node: GraphNode) -> Item:
+        if node.map is None:
+            return dict(self.outputs[node.preds[0]])
+        built: Item = {}
+        for source in node.map:
+            output = self.outputs[source.node]  # type: ignore[index]
+            for key, target in source.pairs:
+                if key in output:
+                    built[target] = output[key]
+        if "context" not in built:
+            for source in node.map:
+                output = self.outputs[source.node]  # type: ignore[index]
+                if "context" in output:
+                    built["context"] = output["context"]
+                    break
+        if "data" not in built:
+            raise RequestError(
+                f"node {node.name!r}: the input built by 'map' has no 'data' (keys: {sorted(built)})", node=node.name
+            )
+        return built
+
+    def _finish(self, output: Item | None, error: BaseException | None) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+            counted, self.counted = self.counted, set()
+        for name in counted:
+            scheduler = self.executor.scheduler(name)
+            if scheduler is not None:
+                scheduler.add_upstream(-1)
+        self.on_finish(self, output, error)
+
+    # ------------------------------------------------------------------ Jump and MapReduce
+    def _run_sub_requests(self, node: GraphNode, item: Item) -> None:
+        if node.kind == JUMP:
+            parts = [item]
+        else:
+            values = item.get(node.split)
+            if not isinstance(values, (list, tuple)):
+                self._failed(
+                    node.name,
+                    RequestError(
+                        f"node {node.name!r}: expected a list under {node.split!r}, got {type(values).__name__}",
+                        node=node.name,
+                    ),
+                )
+                return
+            if not values:
+                merged = dict(item)
+                for key in node.merge:
+                    merged[key] = []
+                self._completed(node.name, merged)
+                return
+            parts = [{**item, node.split: value} for value in values]
+        assert node.jump is not None
+        plan = self.graph.plan(node.jump)
+        gather = _Gather(len(parts))
+        with self.lock:
+            self.running += 1
+        children = []
+        for index in range(len(parts)):
+            finish = self._child_finisher(node, item, index, gather)
+            children.append(Walk(self.executor, plan, self.root, finish))
+        for name in plan.nodes:  # one upstream count per child, in one call per scheduler
+            scheduler = self.executor.scheduler(name)
+            if name != plan.entry and scheduler is not None and scheduler.counts_upstream:
+                scheduler.add_upstream(len(children))
+                for child in children:
+                    child.counted.add(name)
+        children[0].begin(parts, walks=children[1:], counted=True)
+
+    def _child_finisher(self, node: GraphNode, item: Item, index: int, gather: _Gather) -> Finish:
+        def finish(child: Walk, output: Item | None, error: BaseException | None) -> None:
+            with gather.lock:
+                if error is not None and (gather.error is None or index < gather.error[0]):
+                    gather.error = (index, error)
+                gather.outputs[index] = output
+                gather.left -= 1
+                last = not gather.left
+            if not last:
+                return
+            with self.lock:
+                self.running -= 1
+            if gather.error is not None:
+                failed, cause = gather.error
+                what = f"node {node.name!r}, sub-item {failed} of {len(gather.outputs)}"
+                self._failed(node.name, relocate(cause, what, node=node.name))
+            elif node.kind == JUMP:
+                self._completed(node.name, gather.outputs[0] or {})
+            else:
+                merged = dict(item)
+                for key in node.merge:
+                    merged[key] = [(out or {}).get(key) for out in gather.outputs]
+                self._completed(node.name, merged)
+
+        return finish

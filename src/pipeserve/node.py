@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from . import handoff
 from .backend import Options
 from .batching import BatchQueue, Task, decide
 from .config import NodeConfig, get_bool, get_float, get_int, get_list, get_str
@@ -231,7 +232,13 @@ class Node:
         return math.inf
 
     def put(
-        self, tasks: list[Task], deadline: float | None = None, caller: int | None = None, *, inline: bool = False
+        self,
+        tasks: list[Task],
+        deadline: float | None = None,
+        caller: int | None = None,
+        *,
+        inline: bool = False,
+        arrived: int = 0,
     ) -> None:
         """Queue ``tasks`` together (they may share a batch) and dispatch.
 
@@ -240,6 +247,7 @@ class Node:
             caller: the blocking caller's thread, if any (NOTE [expected callers]).
             inline: run a single task on this thread if an instance is idle, nothing is queued
                 and no other caller is expected (NOTE [inline execution]); returns once it ran.
+            arrived: how many of the tasks were counted upstream (:meth:`add_upstream`).
 
         Raises:
             PipeClosed: the node is closed.
@@ -247,6 +255,7 @@ class Node:
                 room until ``deadline`` instead, then raises RequestTimeout).
         """
         with self._lock:
+            self._upstream -= arrived
             if caller is not None and self._expected:
                 self._caller_back_locked(caller)
             borrowed = self._borrow_locked() if inline and len(tasks) == 1 else None
@@ -333,6 +342,11 @@ class Node:
         for returned in self._expected.values():
             return returned + self._expect_for()
         return None
+
+    @property
+    def counts_upstream(self) -> bool:
+        """Whether upstream counts matter here: only with a batching window."""
+        return self._window > 0
 
     def add_upstream(self, delta: int) -> None:
         """Count items in flight upstream that may still arrive (see NOTE [batch release])."""
@@ -530,8 +544,12 @@ class Node:
         if failures:
             with self._lock:
                 self.stats_data.errors += len(failures)
-        for index, task in enumerate(batch):
-            self._deliver(task, failures.get(index))
+        pending = handoff.collecting()  # NOTE [hand-off]
+        try:
+            for index, task in enumerate(batch):
+                self._deliver(task, failures.get(index))
+        finally:
+            handoff.flush(pending)
 
     def _flush_dead(self) -> None:
         if not self._dead:

@@ -22,8 +22,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from .config import get_float, load_config
-from .errors import ConfigError, InputError, PipeClosed
+from .errors import InputError, PipeClosed
+from .events import Event
 from .executor import Executor
+from .graph import COMPUTE, Graph
 from .node import Node
 from .request import DeadlineWatch, Request
 
@@ -31,7 +33,6 @@ __all__ = ["Pipe", "pipe"]
 
 Item = dict[str, Any]
 Config = str | os.PathLike[str] | Mapping[str, Any]
-_GRAPH_KEYS = ("next", "map", "filter", "jump")
 
 
 def pipe(config: Config, *, timeout: float | None = None, cpu_count: int | None = None) -> Pipe:
@@ -63,21 +64,21 @@ class Pipe:
             name: timeout or get_float(node.params, "timeout", 0.0, node=name, minimum=0.0) / 1e3 or None
             for name, node in self.config.nodes.items()
         }
-        for node in self.config.nodes.values():
-            for key in _GRAPH_KEYS:
-                if key in node.params:
-                    raise ConfigError("multi-node graphs are not supported yet", node=node.name, key=key)
+        self.graph = Graph.from_config(self.config.nodes)
         self._nodes: dict[str, Node] = {}
         try:
-            for name, node_config in self.config.nodes.items():
-                self._nodes[name] = Node(node_config, cpu_count=cpu_count)
-                self._nodes[name].start()
+            for name, node in self.graph.nodes.items():
+                if node.kind == COMPUTE and node.physical == name:
+                    self._nodes[name] = Node(self.config.nodes[name], cpu_count=cpu_count)
+                    self._nodes[name].start()
+            self._executor = Executor(self.graph, self._nodes)
         except BaseException:
             for started in self._nodes.values():
                 started.close()
             raise
-        self._entries = tuple(self._nodes)
-        self._executor = Executor(self._nodes)
+        # Entries: the roots that are not only there as the target of a Jump/MapReduce.
+        targets = {node.jump for node in self.graph.nodes.values()}
+        self._entries = tuple(r for r in self.graph.roots if r not in targets) or self.graph.roots
         self._deadlines = DeadlineWatch()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -100,6 +101,11 @@ class Pipe:
         """
         if isinstance(item, list):
             return self._call_many(item, timeout)
+        event = item.get("event") if isinstance(item, dict) else None
+        if isinstance(event, Event):
+            future = self.submit(item, timeout=timeout)
+            future.add_done_callback(lambda done: event.set_outcome(done.exception()))
+            return item
         request = self._admit(item, timeout)
         request.caller = threading.get_ident()
         # A request with a deadline is never run inline: its caller must be free to time out.
@@ -151,8 +157,10 @@ class Pipe:
             if len(self._entries) != 1:
                 raise InputError(f"this pipe has several entries; set 'node_name' to one of {list(self._entries)}")
             entry = self._entries[0]
-        elif entry not in self._nodes:
+        elif entry not in self.graph.nodes:
             raise InputError(f"unknown node_name {entry!r}; entries: {list(self._entries)}")
+        else:
+            self.graph.plan(entry)  # InputError if this node cannot be an entry
         seconds = self._entry_timeouts[entry] if timeout is None else timeout
         deadline = time.monotonic() + seconds if seconds else None
         return Request(item, deadline, entry)
@@ -178,9 +186,10 @@ class Pipe:
     def _node(self, name: str | None) -> Node:
         if name is None:
             name = self._entries[0]
-        if name not in self._nodes:
-            raise InputError(f"unknown node {name!r}; nodes: {list(self._nodes)}")
-        return self._nodes[name]
+        node = self._executor.scheduler(name) if name in self.graph.nodes else None
+        if node is None:
+            raise InputError(f"no scheduled node {name!r}; nodes: {list(self._nodes)}")
+        return node
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-node statistics: queued, running, batches, batch-size histogram, release

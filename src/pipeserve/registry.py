@@ -58,6 +58,8 @@ for _name, _attr in {
     "Move": "Move",
     "RuntimeError": "RaiseRuntimeError",
     "ValueError": "RaiseValueError",
+    "Jump": "Jump",
+    "MapReduce": "MapReduce",
 }.items():
     _backends[_name] = _Lazy(f"{_BASIC}:{_attr}")
 

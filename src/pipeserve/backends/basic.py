@@ -27,6 +27,8 @@ from ..filters import BUILTIN_FILTERS, Status, as_status
 
 __all__ = [
     "Add",
+    "Jump",
+    "MapReduce",
     "Copy",
     "Identity",
     "Move",
@@ -232,3 +234,21 @@ class RaiseValueError(_Raiser):
     """Raises ValueError (for all items, or those listed in ``error_on``)."""
 
     error_type = ValueError
+
+
+class _GraphOnly(Backend):
+    """``Jump`` and ``MapReduce`` are carried out by the graph executor, never by an instance."""
+
+    def init(self, params: Mapping[str, Any], options: Options) -> None:
+        raise ConfigError(
+            f"{type(self).__name__} must be a node's whole backend (with 'jump'), not a stage inside another",
+            node=options.node,
+        )
+
+
+class Jump(_GraphOnly):
+    """``backend = "Jump"``, ``jump = "node"``: run the item through that node's subgraph."""
+
+
+class MapReduce(_GraphOnly):
+    """``backend = "MapReduce"``, ``jump``, ``split``, ``merge``: one sub-request per element."""

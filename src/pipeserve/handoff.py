@@ -1,0 +1,68 @@
+"""Keeping a batch together on its way to the next node.
+
+NOTE [hand-off]
+When an instance finishes a batch it delivers each item in turn, and each delivery may queue the
+item at a following node. Queued one by one, the first would start a batch of one there at once
+(nothing else is queued yet). So while a batch is being delivered, puts made on the delivering
+thread are collected and flushed together, one ``put`` per node: items that ran together arrive
+together and may batch together, without waiting for a window.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import PipeServeError
+
+if TYPE_CHECKING:
+    from .batching import Task
+    from .node import Node
+
+__all__ = ["collecting", "flush", "put"]
+
+_local = threading.local()
+Pending = list[tuple["Node", "Task", "float | None", int]]
+
+
+def collecting() -> Pending:
+    """Start collecting puts on this thread; pass the result to :func:`flush`."""
+    pending: Pending = []
+    _local.pending = pending
+    return pending
+
+
+def put(node: Node, task: Task, deadline: float | None, arrived: int) -> None:
+    """Queue ``task`` at ``node`` now, or at the end of the delivery under way on this thread.
+
+    A refused put (closed node, full queue) is reported through ``task.on_done``.
+    """
+    pending: Pending | None = getattr(_local, "pending", None)
+    if pending is not None:
+        pending.append((node, task, deadline, arrived))
+        return
+    _put([task], node, deadline, arrived)
+
+
+def flush(pending: Pending) -> None:
+    """Stop collecting and queue what was collected, one ``put`` per node, in order."""
+    _local.pending = None
+    groups: dict[int, tuple[Node, list[Task], list[float], int]] = {}
+    for node, task, deadline, arrived in pending:
+        entry = groups.setdefault(id(node), (node, [], [], 0))
+        entry[1].append(task)
+        if deadline is not None:
+            entry[2].append(deadline)
+        groups[id(node)] = (node, entry[1], entry[2], entry[3] + arrived)
+    for node, tasks, deadlines, arrived in groups.values():
+        _put(tasks, node, min(deadlines) if deadlines else None, arrived)
+
+
+def _put(tasks: list[Task], node: Node, deadline: float | None, arrived: int) -> None:
+    try:
+        node.put(tasks, deadline, arrived=arrived)
+    except PipeServeError as exc:
+        for task in tasks:
+            report: Callable[[Task, BaseException | None], None] = task.on_done
+            report(task, exc)
