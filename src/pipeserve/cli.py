@@ -3,6 +3,7 @@
 pipeserve demo                      the main job: the scheduler on built-in backends
 pipeserve bench CONFIG [options]    load-test any pipeline configuration
 pipeserve backends                  list registered backends and filters
+pipeserve graph CONFIG [--format dot] [--png F] [--svg F]   draw a pipeline's graph
 """
 
 from __future__ import annotations
@@ -68,6 +69,20 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def graph(args: argparse.Namespace) -> int:
+    from .diagram import render, to_dot, to_mermaid
+
+    if args.png or args.svg:
+        dot = to_dot(args.config)
+        for path, fmt in ((args.png, "png"), (args.svg, "svg")):
+            if path:
+                render(dot, path, fmt)
+                print(f"wrote {path}")
+        return 0
+    print(to_dot(args.config) if args.format == "dot" else to_mermaid(args.config), end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeserve`` command."""
     parser = argparse.ArgumentParser(prog="pipeserve", description="Serve deep-learning pipelines in one process.")
@@ -88,7 +103,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("backends", help="list registered backends and filters")
 
+    draw = commands.add_parser("graph", help="print a pipeline's graph as Mermaid or DOT, or render it")
+    draw.add_argument("config", help="a TOML file")
+    draw.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    draw.add_argument("--png", help="render to this PNG file (needs Graphviz)")
+    draw.add_argument("--svg", help="render to this SVG file (needs Graphviz)")
+
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except pipeserve.PipeServeError as exc:
+        print(f"pipeserve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .bench.demo import main as run_demo
 
@@ -96,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return bench(args)
+    if args.command == "graph":
+        return graph(args)
     print("backends:", ", ".join(pipeserve.list_backends()))
     print("filters: ", ", ".join(pipeserve.list_filters()))
     return 0
