@@ -71,7 +71,7 @@ class Executor:
             task = node.make_task(request.item, request, self._single_done)
             node.put([task], request.deadline, request.caller, inline=inline and request.caller is not None)
             return
-        Walk(self, plan, request, self._request_done).begin([request.item])
+        Walk(self, plan, request, self._request_done).begin([request.item], inline=inline)
 
     def start_many(self, requests: Sequence[Request]) -> None:
         """Send several requests at once, so that those sharing an entry may share a batch."""
@@ -181,7 +181,9 @@ class Walk:
             self.counted.discard(name)
         return 1
 
-    def begin(self, items: list[Item], *, walks: Sequence[Walk] = (), counted: bool = False) -> None:
+    def begin(
+        self, items: list[Item], *, walks: Sequence[Walk] = (), counted: bool = False, inline: bool = False
+    ) -> None:
         """Start this walk (and ``walks``, siblings with the same plan) at the entry with
         ``items``, one per walk; siblings' first tasks are queued together."""
         group = [self, *walks]
@@ -202,7 +204,8 @@ class Walk:
             with walk.lock:
                 walk.running += 1
         try:
-            node.put(tasks, self.root.deadline)
+            # A blocking caller may run the entry inline; its hand-offs then follow (NOTE [hand-off]).
+            node.put(tasks, self.root.deadline, self.root.caller, inline=inline and self.root.caller is not None)
         except PipeServeError as exc:
             for walk in group:
                 with walk.lock:

@@ -6,6 +6,12 @@ item at a following node. Queued one by one, the first would start a batch of on
 (nothing else is queued yet). So while a batch is being delivered, puts made on the delivering
 thread are collected and flushed together, one ``put`` per node: items that ran together arrive
 together and may batch together, without waiting for a window.
+
+A flushed group may also run at once on the delivering thread, on an idle instance of the next
+node (NOTE [inline execution]), saving a thread hand-off per hop. A caller's thread, blocked on
+its request anyway, may do so at any node. A worker thread does so only where the next node is
+*cheap* (its batches measured cheaper than a hand-off): running costly work of another node would
+keep the worker's own node from its queue and undo the overlap of stages.
 """
 
 from __future__ import annotations
@@ -20,9 +26,16 @@ if TYPE_CHECKING:
     from .batching import Task
     from .node import Node
 
-__all__ = ["collecting", "flush", "put"]
+__all__ = ["Pending", "collecting", "flush", "put", "serving", "stop_collecting"]
 
 _local = threading.local()
+
+
+def serving(node: Node) -> None:
+    """Mark this thread as a worker of ``node`` (its hand-offs run inline only where cheap)."""
+    _local.worker = node
+
+
 Pending = list[tuple["Node", "Task", "float | None", int]]
 
 
@@ -45,9 +58,13 @@ def put(node: Node, task: Task, deadline: float | None, arrived: int) -> None:
     _put([task], node, deadline, arrived)
 
 
-def flush(pending: Pending) -> None:
-    """Stop collecting and queue what was collected, one ``put`` per node, in order."""
+def stop_collecting() -> None:
+    """Stop collecting on this thread; later puts go straight to their node."""
     _local.pending = None
+
+
+def flush(pending: Pending) -> None:
+    """Queue what was collected, one ``put`` per node, in order (inline where allowed)."""
     groups: dict[int, tuple[Node, list[Task], list[float], int]] = {}
     for node, task, deadline, arrived in pending:
         entry = groups.setdefault(id(node), (node, [], [], 0))
@@ -55,13 +72,15 @@ def flush(pending: Pending) -> None:
         if deadline is not None:
             entry[2].append(deadline)
         groups[id(node)] = (node, entry[1], entry[2], entry[3] + arrived)
+    worker = getattr(_local, "worker", None)
     for node, tasks, deadlines, arrived in groups.values():
-        _put(tasks, node, min(deadlines) if deadlines else None, arrived)
+        inline = worker is None or node.cheap
+        _put(tasks, node, min(deadlines) if deadlines else None, arrived, inline)
 
 
-def _put(tasks: list[Task], node: Node, deadline: float | None, arrived: int) -> None:
+def _put(tasks: list[Task], node: Node, deadline: float | None, arrived: int, inline: bool = False) -> None:
     try:
-        node.put(tasks, deadline, arrived=arrived)
+        node.put(tasks, deadline, arrived=arrived, inline=inline)
     except PipeServeError as exc:
         for task in tasks:
             report: Callable[[Task, BaseException | None], None] = task.on_done

@@ -68,6 +68,8 @@ __all__ = ["Node"]
 Clock = Callable[[], float]
 _EXPECT_SLACK = 0.0002  # seconds added to the return-gap estimate (NOTE [expected callers])
 _GAP_DECAY = 0.995  # per observed return: how fast the longest-gap estimate forgets
+_CHEAP_AFTER = 20  # batches measured before a node may be judged cheap
+_CHEAP_BELOW = 0.00005  # seconds: a batch cheaper than this costs less than a hand-off
 
 
 class _Group:
@@ -258,7 +260,7 @@ class Node:
             self._upstream -= arrived
             if caller is not None and self._expected:
                 self._caller_back_locked(caller)
-            borrowed = self._borrow_locked() if inline and len(tasks) == 1 else None
+            borrowed = self._borrow_locked(len(tasks)) if inline else None
             if borrowed is None:
                 self._admit_locked(len(tasks), deadline)
                 now = self._clock()
@@ -286,28 +288,44 @@ class Node:
                 raise RequestTimeout(f"node {self.name!r}: deadline passed waiting for queue room", node=self.name)
             self._space.wait(wait)
 
-    def _borrow_locked(self) -> Instance | None:
-        """An idle instance for the caller to run one item on, or None (NOTE [inline execution])."""
+    def _borrow_locked(self, count: int) -> Instance | None:
+        """An idle instance for this thread to run ``count`` items on, or None when waiting could
+        help or nothing fits (NOTE [inline execution])."""
         if self._closed or self._queue.size or not self._inline:
             return None
         if self._expected and self._expected_count(self._clock()):
             return None
-        instance = self._idle_instance_for_one()
+        if self._upstream > 0 and self._window > 0:
+            return None  # more items are on their way: let them batch
+        instance = None
+        for group in self._groups:
+            if group.idle and group.min <= count <= group.max:
+                instance = group.idle[-1]
+                group.idle.remove(instance)
+                break
         if instance is None:
             return None
-        self._groups_by_index(instance.group).idle.remove(instance)
         instance.state = State.BORROWED
-        self.stats_data.record_release(1, "nothing_coming", 0.0, inline=True)
-        self.stats_data.arrived += 1
+        self.stats_data.record_release(count, "nothing_coming", 0.0, inline=True)
+        self.stats_data.arrived += count
         return instance
 
+    @property
+    def cheap(self) -> bool:
+        """Whether a batch here costs less than a thread hand-off (NOTE [hand-off]): measured
+        over at least ``_CHEAP_AFTER`` batches, a mean below ``_CHEAP_BELOW`` seconds."""
+        stats = self.stats_data
+        return stats.batches >= _CHEAP_AFTER and stats.compute_seconds < _CHEAP_BELOW * stats.batches
+
     def _run_borrowed(self, instance: Instance, batch: list[Task]) -> None:
-        self._execute(instance, batch)
+        pending = self._execute(instance, batch)
         with self._lock:
             self._fold_busy(instance)
             self._make_idle_locked(instance)
             self._dispatch_locked(None)
             instance.ring()  # its worker runs what was assigned meanwhile, or sees close()
+        self._flush_dead()
+        handoff.flush(pending)
 
     def caller_returned(self, caller: int) -> None:
         """A blocking call from thread ``caller`` returned: expect it back for one window."""
@@ -396,12 +414,6 @@ class Node:
                 return group
         raise KeyError(index)
 
-    def _idle_instance_for_one(self) -> Instance | None:
-        for group in self._groups:
-            if group.idle and group.min <= 1:
-                return group.idle[-1]
-        return None
-
     def _make_idle_locked(self, instance: Instance) -> None:
         instance.state = State.IDLE
         self._groups_by_index(instance.group).idle.append(instance)
@@ -486,6 +498,7 @@ class Node:
         with self._lock:
             self._make_idle_locked(instance)
         ready.wait()
+        handoff.serving(self)
         try:
             while self._next_and_run(instance):
                 pass
@@ -514,7 +527,13 @@ class Node:
                 instance.state = State.RUNNING
         self._flush_dead()
         if batch:
-            self._execute(instance, batch)
+            pending = self._execute(instance, batch)
+            with self._lock:  # release the instance before handing on (NOTE [hand-off])
+                self._fold_busy(instance)
+                self._make_idle_locked(instance)
+                self._dispatch_locked(instance)
+            self._flush_dead()
+            handoff.flush(pending)
         return True
 
     def _wait_locked(self, instance: Instance) -> None:
@@ -536,7 +555,9 @@ class Node:
         instance.busy_seconds = 0.0
         instance.current = None
 
-    def _execute(self, instance: Instance, batch: list[Task]) -> None:
+    def _execute(self, instance: Instance, batch: list[Task]) -> handoff.Pending:
+        """Run ``batch`` and deliver its outcomes; returns the hand-offs to flush once the
+        instance is released (NOTE [hand-off])."""
         instance.current = batch
         start = time.perf_counter()
         failures = instance.run(batch, self._isolate)
@@ -549,7 +570,8 @@ class Node:
             for index, task in enumerate(batch):
                 self._deliver(task, failures.get(index))
         finally:
-            handoff.flush(pending)
+            handoff.stop_collecting()
+        return pending
 
     def _flush_dead(self) -> None:
         if not self._dead:
