@@ -99,9 +99,15 @@ def main() -> None:
             params = [args.scenario, system, str(clients), str(args.seconds), str(length)]
             result = run_worker(python, Path(__file__), params)
             runs.setdefault((system, clients, length), []).append(result)
-            print(f"repeat {repeat + 1}: {system} {clients} clients len {length}: {result['throughput']:,.0f}/s", file=sys.stderr)
+            print(
+                f"repeat {repeat + 1}: {system} {clients} clients len {length}: {result['throughput']:,.0f}/s",
+                file=sys.stderr,
+            )
     rows = []
-    medians = {key: median_of(value, ["throughput", "p50_ms", "p99_ms", *(["mean_batch"] if key[0] != "omniback" else [])]) for key, value in runs.items()}
+    medians = {
+        key: median_of(value, ["throughput", "p50_ms", "p99_ms", *(["mean_batch"] if key[0] != "omniback" else [])])
+        for key, value in runs.items()
+    }
     for (system, clients, length), m in medians.items():
         row: dict[str, Any] = {"system": system, "clients": clients}
         if args.scenario == "overlap":
@@ -112,7 +118,9 @@ def main() -> None:
             if length > 1:
                 row["per hop us"] = 1e3 * (m["p50_ms"] - single["p50_ms"]) / (length - 1)
         else:
-            row.update({"req/s": m["throughput"], "sub-items/s": 20 * m["throughput"], "mean batch": m.get("mean_batch")})
+            row.update(
+                {"req/s": m["throughput"], "sub-items/s": 20 * m["throughput"], "mean batch": m.get("mean_batch")}
+            )
         row.update({"p50 ms": m["p50_ms"], "p99 ms": m["p99_ms"]})
         rows.append(row)
     print(machine())
