@@ -14,20 +14,7 @@ groups ``max = 1&4&8`` runs as 4 + 1 + 1 + 1, and a lone item goes to the larges
 ``min`` is 1. When the policy says wait, the idle workers sleep until the window closes and the
 first to wake dispatches again.
 
-NOTE [expected callers]
-At an entry node, "can more items come?" has a second source besides upstream work: blocking
-callers whose call just returned. A closed-loop client comes straight back, so after a blocking
-call returns its thread counts as *expected* until it calls again or its expectation lapses. An
-expectation lasts four times the longest recent return gap (a decaying maximum of how long
-callers took to come back, plus ``_EXPECT_SLACK``), never longer than the batching window (a
-factor of 2 let expectations lapse under GIL contention: 0.87 of ideal at saturation, 0.95 with
-4); so a client
-that stopped calling delays the others by about one return gap, not a whole window. An idle
-instance with a partial batch waits while expected callers may still fill it, and releases the
-moment none is left: 64 closed-loop clients regroup into full batches instead of fragments, two
-pair up, and a lone client never waits. A blocking caller also runs inline only when nobody is
-expected. With ``batching_timeout = 0`` (the default) nothing is tracked and release is purely
-work-conserving.
+See NOTE [expected callers] in :mod:`pipeserve.expected` for when an entry node expects more.
 
 NOTE [inline execution]
 A blocking caller that finds the queue empty and an instance idle borrows the instance and runs
@@ -58,6 +45,7 @@ from .backend import Options
 from .batching import BatchQueue, Task, decide
 from .config import NodeConfig, get_bool, get_float, get_int, get_list, get_str
 from .errors import ConfigError, Overloaded, PipeClosed, PipeServeError, RequestTimeout
+from .expected import ExpectedCallers
 from .instance import Instance, State
 from .registry import build, check_names
 from .statistics import NodeStats
@@ -66,8 +54,6 @@ from .syntax import parse_backend
 __all__ = ["Node"]
 
 Clock = Callable[[], float]
-_EXPECT_SLACK = 0.0002  # seconds added to the return-gap estimate (NOTE [expected callers])
-_GAP_DECAY = 0.995  # per observed return: how fast the longest-gap estimate forgets
 _CHEAP_AFTER = 20  # batches measured before a node may be judged cheap
 _CHEAP_BELOW = 0.00005  # seconds: a batch cheaper than this costs less than a hand-off
 
@@ -113,9 +99,8 @@ class Node:
         self._groups: list[_Group] = []
         self._instances: list[Instance] = []
         self._upstream = 0
-        self._expected: dict[int, float] = {}  # caller thread -> when its call returned
         self._window = 0.0
-        self._return_gap = 0.0  # decaying maximum of observed return gaps, seconds
+        self._expected = ExpectedCallers(0.0)
         self._wake_at: float | None = None
         self._closed = False
         self._dead: list[tuple[Task, BaseException]] = []
@@ -170,6 +155,7 @@ class Node:
             raise
         self._groups.sort(key=lambda g: (-g.max, g.index))
         self._window = max(g.timeout for g in self._groups)
+        self._expected = ExpectedCallers(self._window)
         if any(getattr(i.backend, "thread_affine", False) for i in self._instances):
             self._inline = False  # see NOTE [inline execution]
 
@@ -259,7 +245,7 @@ class Node:
         with self._lock:
             self._upstream -= arrived
             if caller is not None and self._expected:
-                self._caller_back_locked(caller)
+                self._expected.back(caller, self._clock())
             borrowed = self._borrow_locked(len(tasks)) if inline else None
             if borrowed is None:
                 self._admit_locked(len(tasks), deadline)
@@ -293,7 +279,7 @@ class Node:
         help or nothing fits (NOTE [inline execution])."""
         if self._closed or self._queue.size or not self._inline:
             return None
-        if self._expected and self._expected_count(self._clock()):
+        if self._expected and self._expected.count(self._clock()):
             return None
         if self._upstream > 0 and self._window > 0:
             return None  # more items are on their way: let them batch
@@ -332,34 +318,7 @@ class Node:
         if self._window <= 0:
             return
         with self._lock:
-            self._expected.pop(caller, None)  # re-insert so the dict stays ordered by time
-            self._expected[caller] = self._clock()
-
-    def _caller_back_locked(self, caller: int) -> None:
-        returned = self._expected.pop(caller, None)
-        if returned is not None:
-            gap = self._clock() - returned
-            self._return_gap = max(gap, self._return_gap * _GAP_DECAY)
-
-    def _expect_for(self) -> float:
-        return min(self._window, 4 * self._return_gap + _EXPECT_SLACK)
-
-    def _expected_count(self, now: float) -> int:
-        """How many callers are expected back now (lapsed expectations are dropped)."""
-        expected = self._expected
-        lasts = self._expect_for()
-        while expected:
-            oldest = next(iter(expected))
-            if now - expected[oldest] < lasts:
-                break
-            del expected[oldest]
-        return len(expected)
-
-    def _next_lapse(self) -> float | None:
-        """When the oldest expectation lapses, if any is held."""
-        for returned in self._expected.values():
-            return returned + self._expect_for()
-        return None
+            self._expected.returned(caller, self._clock())
 
     @property
     def counts_upstream(self) -> bool:
@@ -424,7 +383,7 @@ class Node:
         while queue.size:
             now = self._clock()
             wait: float | None = None
-            upstream = self._upstream + (self._expected_count(now) if self._expected else 0)
+            upstream = self._upstream + (self._expected.count(now) if self._expected else 0)
             for group in self._groups:
                 if not group.idle:
                     continue
@@ -439,7 +398,7 @@ class Node:
                 if wait is None:
                     self._arm_timer_locked(None)
                 else:
-                    lapse = self._next_lapse()
+                    lapse = self._expected.next_lapse()
                     self._arm_timer_locked(now + wait if lapse is None else min(now + wait, lapse))
                 return
             batch = self._live(queue.take(decision.bucket, decision.take), now)
