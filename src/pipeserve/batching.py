@@ -24,12 +24,15 @@ the oldest item still goes first.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BatchQueue", "Decision", "Task", "decide"]
+from .config import get_float, get_list
+
+__all__ = ["BatchQueue", "Bucketing", "Decision", "Task", "decide"]
 
 Item = dict[str, Any]
 
@@ -268,3 +271,41 @@ class BatchQueue:
     def drain(self) -> list[Task]:
         """Remove and return everything."""
         return self.remove_if(lambda task: True)
+
+
+class Bucketing:
+    """Which bucket an item belongs to (items of different buckets never share a batch).
+
+    ``bucket_key`` names an item key holding a number, or ``shape[i]`` of the item's data;
+    ``bucket_edges`` (optional) round the value up to the next edge, recorded in
+    ``item["_bucket_edge"]`` so that a backend can pad to it (``inf`` past the last edge).
+    """
+
+    def __init__(self, key: str | None, edges: list[float]) -> None:
+        self.key = key
+        self.edges = sorted(edges)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], node: str) -> Bucketing:
+        key = params.get("bucket_key")
+        edges = [get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node)]
+        return cls(None if key is None else str(key), edges)
+
+    def __call__(self, item: Item) -> Hashable:
+        if self.key is None:
+            return None
+        value = self._value(item)
+        if value is None or not self.edges:
+            return value
+        edge = next((e for e in self.edges if value <= e), math.inf)
+        item["_bucket_edge"] = edge
+        return edge
+
+    def _value(self, item: Item) -> float | None:
+        key = self.key
+        assert key is not None
+        if key.startswith("shape[") and key.endswith("]"):
+            shape = getattr(item.get("data"), "shape", None)
+            return None if shape is None else float(shape[int(key[6:-1])])
+        value = item.get(key)
+        return None if value is None else float(value)

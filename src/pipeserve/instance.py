@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from .backend import Backend, PartialFailure
 from .batching import Task
+from .config import NodeConfig, get_float, get_int, get_str
 from .errors import BackendError, RequestError, where
+from .registry import check_names
+from .syntax import BackendTree, parse_backend
 
-if TYPE_CHECKING:
-    from .syntax import BackendTree
-
-__all__ = ["Instance", "State"]
+__all__ = ["Group", "GroupPlan", "Instance", "State", "plan_groups"]
 
 Item = dict[str, Any]
 
@@ -112,3 +113,58 @@ class Instance:
             located.__cause__ = exc.__cause__
             return located
         return BackendError(exc, node=self.node, backend=self.label, instance=self.index)
+
+
+class Group:
+    """One bucket group of a node (``&``): its instances, batch range and window.
+
+    Attributes:
+        index: the group's position in the configuration.
+        timeout: its batching window in seconds.
+        min, max: its batch range, read from its backend once built.
+        instances: its instances; idle: those waiting for work (the node's lock guards it).
+    """
+
+    def __init__(self, index: int, timeout: float) -> None:
+        self.index = index
+        self.timeout = timeout
+        self.min = 1
+        self.max = 1
+        self.instances: list[Instance] = []
+        self.idle: list[Instance] = []
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """A node's groups and instances, not yet built; ``cpu_threads`` is each one's share."""
+
+    groups: list[Group]
+    instances: list[Instance]
+    cpu_threads: int
+
+
+def plan_groups(config: NodeConfig, cpu_count: int) -> GroupPlan:
+    """Parse each group's backend, check its names, and lay out ``instance_num`` instances per
+    group; the cores are divided among all instances (at least one thread each).
+
+    Raises:
+        ConfigError: bad syntax, unknown names, bad numbers.
+    """
+    node = config.name
+    layouts = []
+    for index, params in enumerate(config.groups):
+        tree = parse_backend(get_str(params, "backend", "Identity", node=node), node=node)
+        check_names(tree, node)
+        count = get_int(params, "instance_num", 1, node=node, minimum=1)
+        timeout = get_float(params, "batching_timeout", 0.0, node=node, minimum=0.0) / 1e3
+        layouts.append((index, tree, count, timeout))
+    groups: list[Group] = []
+    instances: list[Instance] = []
+    for index, tree, count, timeout in layouts:
+        group = Group(index, timeout)
+        for _ in range(count):
+            instance = Instance(node, len(instances), index, tree)
+            group.instances.append(instance)
+            instances.append(instance)
+        groups.append(group)
+    return GroupPlan(groups, instances, max(1, cpu_count // len(instances)))

@@ -33,39 +33,27 @@ interleaving, because their completion goes through one gate (NOTE [ownership]).
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 from . import handoff
 from .backend import Options
-from .batching import BatchQueue, Task, decide
-from .config import NodeConfig, get_bool, get_float, get_int, get_list, get_str
+from .batching import BatchQueue, Bucketing, Task, decide
+from .config import NodeConfig, get_bool, get_int, get_str
 from .errors import ConfigError, Overloaded, PipeClosed, PipeServeError, RequestTimeout
 from .expected import ExpectedCallers
-from .instance import Instance, State
-from .registry import build, check_names
+from .instance import Group, Instance, State, plan_groups
+from .registry import build
 from .statistics import NodeStats
-from .syntax import parse_backend
 
 __all__ = ["Node"]
 
 Clock = Callable[[], float]
 _CHEAP_AFTER = 20  # batches measured before a node may be judged cheap
 _CHEAP_BELOW = 0.00005  # seconds: a batch cheaper than this costs less than a hand-off
-
-
-class _Group:
-    def __init__(self, index: int, timeout: float) -> None:
-        self.index = index
-        self.timeout = timeout
-        self.min = 1
-        self.max = 1
-        self.instances: list[Instance] = []
-        self.idle: list[Instance] = []
 
 
 class Node:
@@ -89,15 +77,15 @@ class Node:
         self._block = get_str(params, "overload", "error", node=node)
         if self._block not in ("error", "block"):
             raise ConfigError(f"expected 'error' or 'block', got {self._block!r}", node=node, key="overload")
-        self._bucket_key = params.get("bucket_key")
-        self._bucket_edges = sorted(
-            get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node)
-        )
+        self._bucket_of = Bucketing.from_params(params, node)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._queue = BatchQueue()
-        self._groups: list[_Group] = []
-        self._instances: list[Instance] = []
+        plan = plan_groups(config, cpu_count or os.cpu_count() or 1)
+        self._groups: list[Group] = plan.groups
+        self._instances: list[Instance] = plan.instances
+        self._cpu_threads = plan.cpu_threads
+        self._total = len(self._instances)
         self._upstream = 0
         self._window = 0.0
         self._expected = ExpectedCallers(0.0)
@@ -105,29 +93,8 @@ class Node:
         self._closed = False
         self._dead: list[tuple[Task, BaseException]] = []
         self.stats_data = NodeStats()
-        self._build_plan(cpu_count or os.cpu_count() or 1)
 
     # ----------------------------------------------------------------- construction
-    def _build_plan(self, cpu_count: int) -> None:
-        total = 0
-        plans = []
-        for index, group_params in enumerate(self.config.groups):
-            tree = parse_backend(get_str(group_params, "backend", "Identity", node=self.name), node=self.name)
-            check_names(tree, self.name)
-            count = get_int(group_params, "instance_num", 1, node=self.name, minimum=1)
-            timeout = get_float(group_params, "batching_timeout", 0.0, node=self.name, minimum=0.0) / 1e3
-            plans.append((index, tree, count, timeout))
-            total += count
-        self._cpu_threads = max(1, cpu_count // total)
-        for index, tree, count, timeout in plans:
-            group = _Group(index, timeout)
-            for _ in range(count):
-                instance = Instance(self.name, len(self._instances), index, tree)
-                group.instances.append(instance)
-                self._instances.append(instance)
-            self._groups.append(group)
-        self._total = total
-
     def start(self) -> None:
         """Start the workers and wait until every instance is initialised.
 
@@ -204,20 +171,6 @@ class Node:
             bucket=self._bucket_of(item),
             score=item.get("_sort_score"),
         )
-
-    def _bucket_of(self, item: dict[str, Any]) -> Hashable:
-        key = self._bucket_key
-        if key is None:
-            return None
-        value = _read_bucket_value(item, str(key))
-        if value is None or not self._bucket_edges:
-            return value
-        for edge in self._bucket_edges:
-            if value <= edge:
-                item["_bucket_edge"] = edge
-                return edge
-        item["_bucket_edge"] = math.inf
-        return math.inf
 
     def put(
         self,
@@ -367,7 +320,7 @@ class Node:
                 )
 
     # ----------------------------------------------------------------- scheduling (lock held)
-    def _groups_by_index(self, index: int) -> _Group:
+    def _groups_by_index(self, index: int) -> Group:
         for group in self._groups:
             if group.index == index:
                 return group
@@ -546,14 +499,3 @@ class Node:
             task.on_done(task, error)
         except BaseException as exc:  # noqa: BLE001 - a broken callback must not lose the request
             task.request.fail(exc)
-
-
-def _read_bucket_value(item: dict[str, Any], key: str) -> float | None:
-    """``key`` names an item key holding a number, or ``shape[i]`` of the item's data."""
-    if key.startswith("shape[") and key.endswith("]"):
-        shape = getattr(item.get("data"), "shape", None)
-        if shape is None:
-            return None
-        return float(shape[int(key[6:-1])])
-    value = item.get(key)
-    return None if value is None else float(value)
