@@ -47,6 +47,13 @@ _backends: dict[str, Any] = {}
 _filters: dict[str, Any] = dict(BUILTIN_FILTERS)
 
 _BASIC = "pipeserve.backends.basic"
+_LAZY_OPTIONAL = {
+    "OnnxRuntime": ("pipeserve.backends.onnx:OnnxRuntime", "onnx"),
+    "Onnx": ("pipeserve.backends.onnx:OnnxRuntime", "onnx"),
+}
+for _name, (_target, _extra) in _LAZY_OPTIONAL.items():
+    _backends[_name] = _Lazy(_target, _extra)
+
 for _name, _attr in {
     "Identity": "Identity",
     "Sequential": "Sequential",
