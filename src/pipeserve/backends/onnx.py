@@ -72,7 +72,9 @@ class OnnxRuntime(Backend):
         ]
         unknown = [p for p in providers if p not in available]
         if unknown:
-            raise ConfigError(f"providers {unknown} are not available; onnxruntime has {available}", node=node, key="providers")
+            raise ConfigError(
+                f"providers {unknown} are not available; onnxruntime has {available}", node=node, key="providers"
+            )
         try:
             self.session = ort.InferenceSession(model, session_options, providers=providers)
         except Exception as exc:
@@ -129,13 +131,17 @@ class OnnxRuntime(Backend):
         data = item["data"]
         values = list(data) if isinstance(data, (list, tuple)) else [data]
         if len(values) != len(self.inputs):
-            raise ValueError(f"the model takes {len(self.inputs)} inputs {[i.name for i in self.inputs]}, got {len(values)}")
+            raise ValueError(
+                f"the model takes {len(self.inputs)} inputs {[i.name for i in self.inputs]}, got {len(values)}"
+            )
         arrays = []
         batched = None
         for value, spec, dtype in zip(values, self.inputs, self.dtypes, strict=True):
             array = self.np.asarray(value)
             if array.dtype != dtype:
-                raise ValueError(f"input {spec.name!r} expects {dtype}, got {array.dtype} with shape {list(array.shape)}")
+                raise ValueError(
+                    f"input {spec.name!r} expects {dtype}, got {array.dtype} with shape {list(array.shape)}"
+                )
             has_batch = array.ndim == len(spec.shape)
             if not has_batch and array.ndim != len(spec.shape) - 1:
                 raise ValueError(
@@ -163,7 +169,10 @@ class OnnxRuntime(Backend):
         batch = padded[0] if len(padded) == 1 else np.concatenate(padded, axis=0)
         for axis, (want, got) in enumerate(zip(spec.shape[1:], batch.shape[1:], strict=True), start=1):
             if isinstance(want, int) and want > 0 and want != got:
-                raise ValueError(f"input {spec.name!r} expects shape {_show(spec.shape)}, got rows of {list(batch.shape[1:])} (axis {axis})")
+                rows = list(batch.shape[1:])
+                raise ValueError(
+                    f"input {spec.name!r} expects shape {_show(spec.shape)}, got rows of {rows} (axis {axis})"
+                )
         return batch
 
     def _normalise(self, x: Any) -> Any:
@@ -193,4 +202,6 @@ class OnnxRuntime(Backend):
 
 
 def _show(shape: Sequence[Any]) -> str:
-    return "[" + ", ".join(str(d) if isinstance(d, int) else "N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
+    return (
+        "[" + ", ".join(str(d) if isinstance(d, int) else "N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
+    )
