@@ -24,15 +24,17 @@ Instances are never shared between threads, so backends need not be thread-safe.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from .config import get_int
-from .errors import ContractError
+from .errors import ContractError, MissingDependencyError
 from .filters import Filter
 
-__all__ = ["Backend", "Child", "DuckBackend", "FunctionBackend", "Options", "PartialFailure"]
+__all__ = ["Backend", "Child", "DuckBackend", "FunctionBackend", "Options", "PartialFailure", "require"]
 
 Item = dict[str, Any]
 
@@ -177,3 +179,13 @@ class DuckBackend(Backend):
     def close(self) -> None:
         if callable(getattr(self.target, "close", None)):
             self.target.close()
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or raise MissingDependencyError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"this backend needs {module!r}, which is not installed: pip install 'pipeserve[{extra}]'"
+        ) from exc

@@ -47,9 +47,19 @@ _backends: dict[str, Any] = {}
 _filters: dict[str, Any] = dict(BUILTIN_FILTERS)
 
 _BASIC = "pipeserve.backends.basic"
+_IMAGE = "pipeserve.backends.image"
 _LAZY_OPTIONAL = {
     "OnnxRuntime": ("pipeserve.backends.onnx:OnnxRuntime", "onnx"),
     "Onnx": ("pipeserve.backends.onnx:OnnxRuntime", "onnx"),
+    "DecodeMat": (f"{_IMAGE}:DecodeMat", "vision"),
+    "ResizeMat": (f"{_IMAGE}:ResizeMat", "vision"),
+    "cvtColorMat": (f"{_IMAGE}:cvtColorMat", "vision"),
+    "CvtColorMat": (f"{_IMAGE}:cvtColorMat", "vision"),
+    "ResizePadMat": (f"{_IMAGE}:ResizePadMat", "vision"),
+    "FixHResizePadMat": (f"{_IMAGE}:FixHResizePadMat", "vision"),
+    "CropMat": (f"{_IMAGE}:CropMat", "vision"),
+    "PerspectiveTransformMat": (f"{_IMAGE}:PerspectiveTransformMat", "vision"),
+    "Mat2Tensor": (f"{_IMAGE}:Mat2Tensor", "vision"),
 }
 for _name, (_target, _extra) in _LAZY_OPTIONAL.items():
     _backends[_name] = _Lazy(_target, _extra)

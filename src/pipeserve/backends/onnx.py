@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..backend import Backend, Options
+from ..backend import Backend, Options, require
 from ..config import get_bool, get_float, get_int, get_list, get_str
 from ..errors import ConfigError
 
@@ -51,9 +51,8 @@ class OnnxRuntime(Backend):
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
-        import numpy as np
-        import onnxruntime as ort
-
+        np: Any = require("numpy", "onnx")
+        ort: Any = require("onnxruntime", "onnx")
         self.np = np
         node = options.node
         model = get_str(params, "model", node=node)
