@@ -29,7 +29,7 @@ def test_decode_matches_imdecode_and_tracks_colour(make_pipe: Any) -> None:
     item = pipe({"data": _png(image)})
     np.testing.assert_array_equal(item["result"], image)  # PNG is lossless
     assert item["color"] == "bgr"
-    ok, jpeg = cv2.imencode(".jpg", image)
+    _, jpeg = cv2.imencode(".jpg", image)
     direct = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
     np.testing.assert_array_equal(pipe({"data": jpeg.tobytes()})["result"], direct)
 

@@ -60,6 +60,11 @@ _LAZY_OPTIONAL = {
     "CropMat": (f"{_IMAGE}:CropMat", "vision"),
     "PerspectiveTransformMat": (f"{_IMAGE}:PerspectiveTransformMat", "vision"),
     "Mat2Tensor": (f"{_IMAGE}:Mat2Tensor", "vision"),
+    "TorchScript": ("pipeserve.backends.torch:TorchScript", "torch"),
+    "TorchModule": ("pipeserve.backends.torch:TorchModule", "torch"),
+    "TorchExport": ("pipeserve.backends.torch:TorchExport", "torch"),
+    "Torch": ("pipeserve.backends.torch:Torch", "torch"),
+    "SyncTensor": ("pipeserve.backends.torch:Torch", "torch"),
 }
 for _name, (_target, _extra) in _LAZY_OPTIONAL.items():
     _backends[_name] = _Lazy(_target, _extra)
