@@ -33,6 +33,7 @@ interleaving, because their completion goes through one gate (NOTE [ownership]).
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any
 from . import handoff
 from .backend import Options
 from .batching import BatchQueue, Bucketing, Task, decide
-from .config import NodeConfig, get_bool, get_int, get_str
+from .config import NodeConfig, get_bool, get_int, get_list, get_str
 from .errors import ConfigError, Overloaded, PipeClosed, PipeServeError, RequestTimeout
 from .expected import ExpectedCallers
 from .instance import Group, Instance, State, plan_groups
@@ -73,6 +74,10 @@ class Node:
         node = config.name
         self._isolate = get_bool(params, "isolate", True, node=node)
         self._inline = get_bool(params, "inline", True, node=node)
+        instance_type = get_str(params, "instance_type", "thread", node=node)
+        if instance_type not in ("thread", "process"):
+            raise ConfigError(f"expected 'thread' or 'process', got {instance_type!r}", node=node, key="instance_type")
+        self._process = instance_type == "process"
         self._max_queue = get_int(params, "max_queue", 0, node=node, minimum=0)
         self._block = get_str(params, "overload", "error", node=node)
         if self._block not in ("error", "block"):
@@ -81,6 +86,11 @@ class Node:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._queue = BatchQueue()
+        for module in get_list(params, "imports", node=node):  # modules that register backends
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(f"cannot import {module!r}: {exc}", node=node, key="imports") from exc
         plan = plan_groups(config, cpu_count or os.cpu_count() or 1)
         self._groups: list[Group] = plan.groups
         self._instances: list[Instance] = plan.instances
@@ -144,8 +154,16 @@ class Node:
             instance_num=self._total,
             cpu_threads=self._cpu_threads,
         )
+        params = self.config.groups[instance.group]
         try:
-            instance.backend = build(instance.tree, self.config.groups[instance.group], options)
+            if self._process:  # NOTE [process instances] in pipeserve.process
+                from .process import ProcessBackend
+
+                proxy = ProcessBackend(instance.label)
+                proxy.init(params, options)
+                instance.backend = proxy
+            else:
+                instance.backend = build(instance.tree, params, options)
         except PipeServeError:
             raise
         except Exception as exc:
