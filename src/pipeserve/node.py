@@ -280,7 +280,8 @@ class Node:
             self._fold_busy(instance)
             self._make_idle_locked(instance)
             self._dispatch_locked(None)
-            instance.ring()  # its worker runs what was assigned meanwhile, or sees close()
+            if instance.state is State.ASSIGNED or self._closed:
+                instance.ring()  # its worker runs what was assigned meanwhile, or sees close()
         self._flush_dead()
         handoff.flush(pending)
 

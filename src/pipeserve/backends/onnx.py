@@ -5,8 +5,8 @@ Keys:
 * ``model``: the ``.onnx`` file (one per bucket group with ``&``: ``"b1.onnx&b4.onnx"``).
 * ``max``/``min``: the batch range; a model with a static batch dimension ``B`` accepts up to
   ``B`` items (fewer are padded with copies of the last row, and the padding is dropped).
-* ``providers``: comma-separated execution providers; default CUDA when onnxruntime has it,
-  else CPU.
+* ``providers``: comma-separated execution providers; default TensorRT then CUDA when
+  onnxruntime has them (each falls back to the next for what it cannot run), else CPU.
 * ``intra_op_threads``: default the instance's CPU budget (cores / instances), so that
   ``instance_num`` sessions never oversubscribe the machine; ``spin`` (default false) allows
   onnxruntime's busy-waiting threads, which help a lone session but hurt several.
@@ -66,9 +66,8 @@ class OnnxRuntime(Backend):
         session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         available = ort.get_available_providers()
-        providers = get_list(params, "providers", node=node) or [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
+        preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+        providers = get_list(params, "providers", node=node) or [p for p in preferred if p in available]
         unknown = [p for p in providers if p not in available]
         if unknown:
             raise ConfigError(
