@@ -45,8 +45,9 @@ def test_undecodable_bytes_end_the_request_without_a_result(make_pipe: Any) -> N
 @pytest.mark.parametrize("data", [b"", "a string", 42, None])
 def test_empty_or_non_bytes_input_is_an_error(make_pipe: Any, data: Any) -> None:
     pipe = make_pipe({"backend": "DecodeMat"})
-    with pytest.raises(ps.BackendError, match="DecodeMat expects non-empty encoded image bytes"):
+    with pytest.raises(ps.BackendError, match="DecodeMat expects non-empty encoded image bytes") as info:
         pipe({"data": data})
+    assert isinstance(info.value.__cause__, ps.InputError) and info.value.backend == "DecodeMat"
 
 
 def test_resize_and_colour_conversion(make_pipe: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..backend import Backend, Options, require
 from ..config import get_float, get_int, get_list, get_str
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 __all__ = [
     "CropMat",
@@ -71,9 +71,8 @@ class DecodeMat(_PerItem):
     def apply(self, item: Item) -> None:
         data = item["data"]
         if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
-            raise ValueError(
-                f"DecodeMat expects non-empty encoded image bytes, got {type(data).__name__} of {_size(data)}"
-            )
+            got = f"{type(data).__name__} of {_size(data)}"
+            raise InputError(f"DecodeMat expects non-empty encoded image bytes, got {got}")
         image = self.cv2.imdecode(self.np.frombuffer(data, dtype=self.np.uint8), self.cv2.IMREAD_COLOR)
         if image is None or image.size == 0:
             item.pop("result", None)
