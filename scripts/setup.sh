@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (if needed) and installs pipeserve into it with the extras named in $1
-# (default: dev). Sourced by demo.sh and test.sh; safe to run again.
+# (default: dev); "ocr" among them also installs rapidocr-onnxruntime. Safe to run again.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-dev}"
@@ -8,5 +8,19 @@ python="${PYTHON:-python3}"
 if [ ! -x "$root/.venv/bin/python" ]; then
   "$python" -m venv "$root/.venv"
 fi
-"$root/.venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$root/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
+pip=("$root/.venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+pip_extras="$(echo ",$extras," | sed 's/,ocr,/,vision,onnx,/; s/^,//; s/,$//')"
+"${pip[@]}" -e "$root[$pip_extras]"
+if [[ ",$extras," == *",ocr,"* ]]; then
+  # rapidocr-onnxruntime depends on opencv-python, the GUI build, which needs libGL and shares
+  # the cv2 folder with opencv-python-headless: install it without that dependency.
+  "${pip[@]}" --no-deps "rapidocr-onnxruntime==1.4.4"
+  "${pip[@]}" "pyclipper>=1.2" "shapely>=1.7.1,!=2.0.4" "six>=1.15" PyYAML Pillow tqdm
+fi
+# Whatever was installed before (opencv-python over headless, say), make `import cv2` work.
+if "$root/.venv/bin/python" -c "import importlib.util as u; exit(0 if u.find_spec('cv2') else 1)" \
+   && ! "$root/.venv/bin/python" -c "import cv2" 2>/dev/null; then
+  "${pip[@]}" --force-reinstall --no-deps opencv-python-headless
+  "$root/.venv/bin/python" -c "import cv2"
+fi

@@ -87,9 +87,9 @@ for _name, _attr in {
 
 
 @overload
-def register_backend(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
-@overload
 def register_backend(obj: str | None = None, name: str | None = None, *, replace: bool = False) -> Callable[[T], T]: ...
+@overload
+def register_backend(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
 
 
 def register_backend(obj: Any = None, name: str | None = None, *, replace: bool = False) -> Any:
@@ -107,9 +107,9 @@ def register_backend(obj: Any = None, name: str | None = None, *, replace: bool 
 
 
 @overload
-def register_filter(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
-@overload
 def register_filter(obj: str | None = None, name: str | None = None, *, replace: bool = False) -> Callable[[T], T]: ...
+@overload
+def register_filter(obj: T, name: str | None = None, *, replace: bool = False) -> T: ...
 
 
 def register_filter(obj: Any = None, name: str | None = None, *, replace: bool = False) -> Any:
