@@ -19,6 +19,8 @@ from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 from rapidocr_onnxruntime.main import RapidOCR
 from rapidocr_onnxruntime.utils import LoadImage, add_round_letterbox, increase_min_side, reduce_max_side
+from rapidocr_onnxruntime.utils.load_image import LoadImageError
+from rapidocr_onnxruntime.utils.process_img import ResizeImgError
 
 import pipeserve as ps
 
@@ -28,7 +30,7 @@ Item = dict[str, Any]
 MAX_SIDE, MIN_SIDE, MIN_HEIGHT, MAX_RATIO = 2000, 30, 30, 8
 DET_LIMIT, DET_MEAN_STD = 736, [0.5, 0.5, 0.5]
 CLS_SHAPE, CLS_THRESH, CLS_LABELS = (3, 48, 192), 0.9, ["0", "180"]
-REC_SHAPE = (3, 48, 320)
+REC_SHAPE, REC_GROUP = (3, 48, 320), 6
 TEXT_SCORE = 0.5
 
 
@@ -51,13 +53,22 @@ class Prepare(_Stage):
         self.det_pre = DetPreProcess(DET_LIMIT, "min", DET_MEAN_STD, DET_MEAN_STD)
 
     def apply(self, item: Item) -> None:
-        image = self.load(item["data"])
+        try:
+            image = self.load(item["data"])
+        except (LoadImageError, OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise ps.InputError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
         raw_h, raw_w = image.shape[:2]
         ratio_h = ratio_w = 1.0
-        if max(raw_h, raw_w) > MAX_SIDE:
-            image, ratio_h, ratio_w = reduce_max_side(image, MAX_SIDE)
-        if min(image.shape[:2]) < MIN_SIDE:
-            image, ratio_h, ratio_w = increase_min_side(image, MIN_SIDE)
+        try:
+            if max(raw_h, raw_w) > MAX_SIDE:
+                image, ratio_h, ratio_w = reduce_max_side(image, MAX_SIDE)
+            if min(image.shape[:2]) < MIN_SIDE:
+                image, ratio_h, ratio_w = increase_min_side(image, MIN_SIDE)
+        except ResizeImgError as exc:
+            raise ps.InputError(
+                f"a {raw_w}x{raw_h} image cannot be scaled into detection's limits (longest side {MAX_SIDE}, "
+                f"shortest {MIN_SIDE}): its aspect ratio is too extreme"
+            ) from exc
         height, width = image.shape[:2]
         top = 0
         if height <= MIN_HEIGHT or width / height > MAX_RATIO:
@@ -93,7 +104,26 @@ class Boxes(_Stage):
         kept = [b for b in (_upright(box, image.shape[0], image.shape[1]) for box in boxes) if b is not None]
         ordered = RapidOCR.sorted_boxes(np.array(kept)) if kept else []
         state["boxes"] = ordered
-        item["result"] = [_crop(image, box) for box in ordered]
+        crops = [_crop(image, box) for box in ordered]
+        widths = _rec_widths(crops)
+        item["result"] = [{"crop": crop, "rec_width": width} for crop, width in zip(crops, widths, strict=True)]
+
+
+def _rec_widths(crops: list[Any]) -> list[int]:
+    """The width each line is padded to for recognition, as RapidOCR pads it: lines sorted by
+    aspect ratio in groups of ``REC_GROUP``, each padded to its group's widest ratio. The
+    recogniser's output (spaces above all) depends on that padding, so matching it keeps results
+    equal to RapidOCR's; the ``rec`` node then batches only lines of equal width."""
+    _, height, base_width = REC_SHAPE
+    ratios = np.array([crop.shape[1] / crop.shape[0] for crop in crops])
+    order = np.argsort(ratios)
+    widths = [0] * len(crops)
+    for start in range(0, len(crops), REC_GROUP):
+        group = order[start : start + REC_GROUP]
+        width = int(height * max(base_width / height, float(ratios[group].max())))
+        for index in group:
+            widths[index] = width
+    return widths
 
 
 def _upright(box: Any, height: int, width: int) -> Any:
@@ -136,7 +166,9 @@ class ClsPre(_Stage):
     """A line crop -> the direction classifier's input (3 x 48 x 192)."""
 
     def apply(self, item: Item) -> None:
-        crop = item["data"]
+        line = item["data"]
+        crop = line["crop"]
+        item["_rec_width"] = line["rec_width"]
         _, height, width = CLS_SHAPE
         resized = min(width, math.ceil(height * crop.shape[1] / crop.shape[0]))
         item["crop"] = crop
@@ -161,13 +193,13 @@ class ClsPost(_Stage):
 
 @ps.register_backend("OcrRecPre", replace=True)
 class RecPre(_Stage):
-    """A line crop -> the recogniser's input at its own width; similar widths batch together."""
+    """A line crop -> the recogniser's input, padded to its ``_rec_width`` (see _rec_widths)."""
 
     def apply(self, item: Item) -> None:
         crop = item["data"]
-        _, height, base_width = REC_SHAPE
+        height = REC_SHAPE[1]
         ratio = crop.shape[1] / crop.shape[0]
-        padded = int(height * max(base_width / height, ratio))
+        padded = item["_rec_width"]
         resized = min(padded, math.ceil(height * ratio))
         item["result"] = _normalise(crop, resized, height, padded)
         item["_sort_score"] = ratio
