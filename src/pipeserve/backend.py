@@ -66,7 +66,7 @@ class Options:
         group: the bucket group's index (0 without ``&``).
         instance_num: how many instances the node has in all.
         cpu_threads: the CPU threads this instance may use without oversubscribing the
-            machine (cores divided among the node's instances, at least 1).
+            machine (the cores divided among all instances of the pipe, at least 1).
         children: the child stages, for composite backends.
     """
 

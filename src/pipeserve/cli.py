@@ -1,6 +1,6 @@
 """The ``pipeserve`` command line.
 
-pipeserve demo                      the main job: the scheduler on built-in backends
+pipeserve demo                      the main job: the OCR service on bundled pages
 pipeserve bench CONFIG [options]    load-test any pipeline configuration
 pipeserve backends                  list registered backends and filters
 pipeserve graph CONFIG [--format dot] [--png F] [--svg F]   draw a pipeline's graph
@@ -31,6 +31,10 @@ def _items_from(args: argparse.Namespace) -> list[Any]:
 
 def bench(args: argparse.Namespace) -> int:
     payloads = _items_from(args)
+    if args.config == "ocr":
+        from .examples.ocr import config as ocr_config
+
+        args.config = ocr_config()
     with pipeserve.pipe(args.config) as pipe:
 
         def make_item(index: int) -> dict[str, Any]:
@@ -89,11 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"pipeserve {pipeserve.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="the main job: the scheduler on built-in backends")
-    demo.add_argument("--seconds", type=float, default=2.0, help="measuring time per scenario row")
+    demo = commands.add_parser("demo", help="the main job: the OCR service on bundled pages")
+    demo.add_argument("--seconds", type=float, default=10.0, help="measuring time per table row")
+    demo.add_argument("--scheduler", action="store_true", help="instead: the scheduler on built-in backends")
 
     load = commands.add_parser("bench", help="load-test a pipeline configuration")
-    load.add_argument("config", help="a TOML file")
+    load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline")
     load.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
     load.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (instead of clients)")
     load.add_argument("--seconds", type=float, default=5.0)
@@ -119,9 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from .bench.demo import main as run_demo
+        if args.scheduler:
+            from .bench.demo import main as run_scheduler_demo
 
-        run_demo(args.seconds)
+            run_scheduler_demo(args.seconds)
+        else:
+            from .examples.ocr.demo import main as run_ocr_demo
+
+            run_ocr_demo(args.seconds)
         return 0
     if args.command == "bench":
         return bench(args)

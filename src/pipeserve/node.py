@@ -105,6 +105,16 @@ class Node:
         self.stats_data = NodeStats()
 
     # ----------------------------------------------------------------- construction
+    @property
+    def instance_count(self) -> int:
+        """How many instances the node runs."""
+        return self._total
+
+    def share_cpu(self, threads: int) -> None:
+        """Set each instance's CPU budget (before :meth:`start`); the pipe divides the machine's
+        cores among all instances of all its nodes."""
+        self._cpu_threads = max(1, threads)
+
     def start(self) -> None:
         """Start the workers and wait until every instance is initialised.
 

@@ -70,7 +70,11 @@ class Pipe:
             for name, node in self.graph.nodes.items():
                 if node.kind == COMPUTE and node.physical == name:
                     self._nodes[name] = Node(self.config.nodes[name], cpu_count=cpu_count)
-                    self._nodes[name].start()
+            # The cores are one budget for the whole pipe: stages run at the same time.
+            instances = sum(node.instance_count for node in self._nodes.values())
+            for node in self._nodes.values():
+                node.share_cpu((cpu_count or os.cpu_count() or 1) // instances)
+                node.start()
             self._executor = Executor(self.graph, self._nodes)
         except BaseException:
             for started in self._nodes.values():

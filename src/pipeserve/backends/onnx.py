@@ -7,7 +7,7 @@ Keys:
   ``B`` items (fewer are padded with copies of the last row, and the padding is dropped).
 * ``providers``: comma-separated execution providers; default TensorRT then CUDA when
   onnxruntime has them (each falls back to the next for what it cannot run), else CPU.
-* ``intra_op_threads``: default the instance's CPU budget (cores / instances), so that
+* ``intra_op_threads``: default the instance's CPU budget (cores / all instances of the pipe), so that
   ``instance_num`` sessions never oversubscribe the machine; ``spin`` (default false) allows
   onnxruntime's busy-waiting threads, which help a lone session but hurt several.
 * ``mean``/``std``: per-channel normalisation of the first input before the model (axis 1 for

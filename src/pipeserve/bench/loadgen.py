@@ -99,7 +99,9 @@ def run_closed_loop(
 ) -> LoadResult:
     """``clients`` threads each call ``call(make_item(i))`` back to back for ``seconds``.
 
-    Requests started during the ``warmup`` are not measured. Errors are counted, not raised.
+    Measured: the requests that complete inside the window after the ``warmup`` (throughput is
+    their count over ``seconds``; their latencies from send to completion). Requests still running
+    at the end finish but are not counted. Errors are counted, not raised.
     """
     result = LoadResult(label, clients, 0.0)
     lock = threading.Lock()
@@ -127,7 +129,7 @@ def run_closed_loop(
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
             done = time.perf_counter()
             sequence += clients
-            if sent >= begin and done <= end:
+            if begin <= done <= end:  # completions inside the window, whenever they were sent
                 if ok:
                     latencies.append(done - sent)
                 counter[0] += 1  # progress display only; an occasional lost update is harmless
