@@ -72,9 +72,9 @@ class Pipe:
                     self._nodes[name] = Node(self.config.nodes[name], cpu_count=cpu_count)
             # The cores are one budget for the whole pipe: stages run at the same time.
             instances = sum(node.instance_count for node in self._nodes.values())
-            for node in self._nodes.values():
-                node.share_cpu((cpu_count or os.cpu_count() or 1) // instances)
-                node.start()
+            for scheduled in self._nodes.values():
+                scheduled.share_cpu((cpu_count or os.cpu_count() or 1) // instances)
+                scheduled.start()
             self._executor = Executor(self.graph, self._nodes)
         except BaseException:
             for started in self._nodes.values():
