@@ -151,7 +151,7 @@ def images_worker(clients: int, seconds: float) -> dict[str, Any]:
     import cv2
 
     import pipeserve
-    from pipeserve.bench import run_closed_loop
+    from pipeserve.bench import measure_ideal, run_closed_loop
 
     payloads = [p.read_bytes() for p in sorted(IMAGES.glob("*.jpg"))]
 
@@ -162,22 +162,14 @@ def images_worker(clients: int, seconds: float) -> dict[str, Any]:
         image = cv2.cvtColor(cv2.resize(image, (224, 224)), cv2.COLOR_BGR2RGB)
         return np.ascontiguousarray(image.transpose(2, 0, 1).astype(np.float32))
 
-    rates = {}
-    for threads in (1, 2):
-        counts = [0] * threads
-        end = time.perf_counter() + seconds
+    turn = iter(range(1 << 62))
 
-        def loop(index: int, end: float = end, counts: list[int] = counts) -> None:
-            while time.perf_counter() < end:
-                by_hand(payloads[counts[index] % len(payloads)])
-                counts[index] += 1
+    def one_image(batch: int) -> None:  # the plain loop's unit of work: one image
+        by_hand(payloads[next(turn) % len(payloads)])
 
-        pool = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-        rates[threads] = sum(counts) / seconds
+    rates = {
+        threads: measure_ideal(one_image, threads=threads, batch_sizes=(1,), seconds=seconds)[1] for threads in (1, 2)
+    }
     config = {
         "backend": "S[DecodeMat,ResizeMat,cvtColorMat,Mat2Tensor]",
         "resize_h": 224,
