@@ -165,13 +165,17 @@ class Walk:
         return True
 
     # ------------------------------------------------------------------ walking
-    def count_upstream(self, times: int) -> None:
-        """Count this walk's nodes (but its entry) upstream at their schedulers, ``times`` over."""
-        for name in self.plan.nodes:
-            node = self.executor.scheduler(name)
-            if name != self.plan.entry and node is not None and node.counts_upstream:
-                node.add_upstream(times)
-                self.counted.add(name)
+    @staticmethod
+    def _count_upstream(walks: Sequence[Walk]) -> None:
+        """Count the nodes (but the entry) of walks sharing one plan upstream at their
+        schedulers: one ``add_upstream`` per scheduler for all of them."""
+        first = walks[0]
+        for name in first.plan.nodes:
+            node = first.executor.scheduler(name)
+            if name != first.plan.entry and node is not None and node.counts_upstream:
+                node.add_upstream(len(walks))
+                for walk in walks:
+                    walk.counted.add(name)
 
     def _uncount(self, name: str) -> int:
         """Stop counting ``name`` upstream; returns what to pass as ``arrived`` to ``put``."""
@@ -181,15 +185,11 @@ class Walk:
             self.counted.discard(name)
         return 1
 
-    def begin(
-        self, items: list[Item], *, walks: Sequence[Walk] = (), counted: bool = False, inline: bool = False
-    ) -> None:
+    def begin(self, items: list[Item], *, walks: Sequence[Walk] = (), inline: bool = False) -> None:
         """Start this walk (and ``walks``, siblings with the same plan) at the entry with
         ``items``, one per walk; siblings' first tasks are queued together."""
         group = [self, *walks]
-        if not counted:
-            for walk in group:
-                walk.count_upstream(1)
+        self._count_upstream(group)
         entry = self.graph.nodes[self.plan.entry]
         node = self.executor.scheduler(entry.name)
         if entry.kind != COMPUTE or node is None:
@@ -366,13 +366,7 @@ class Walk:
         for index in range(len(parts)):
             finish = self._child_finisher(node, item, index, gather)
             children.append(Walk(self.executor, plan, self.root, finish))
-        for name in plan.nodes:  # one upstream count per child, in one call per scheduler
-            scheduler = self.executor.scheduler(name)
-            if name != plan.entry and scheduler is not None and scheduler.counts_upstream:
-                scheduler.add_upstream(len(children))
-                for child in children:
-                    child.counted.add(name)
-        children[0].begin(parts, walks=children[1:], counted=True)
+        children[0].begin(parts, walks=children[1:])
 
     def _child_finisher(self, node: GraphNode, item: Item, index: int, gather: _Gather) -> Finish:
         def finish(child: Walk, output: Item | None, error: BaseException | None) -> None:

@@ -17,7 +17,6 @@ keep the worker's own node from its queue and undo the overlap of stages.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import PipeServeError
@@ -65,17 +64,16 @@ def stop_collecting() -> None:
 
 def flush(pending: Pending) -> None:
     """Queue what was collected, one ``put`` per node, in order (inline where allowed)."""
-    groups: dict[int, tuple[Node, list[Task], list[float], int]] = {}
-    for node, task, deadline, arrived in pending:
-        entry = groups.setdefault(id(node), (node, [], [], 0))
-        entry[1].append(task)
-        if deadline is not None:
-            entry[2].append(deadline)
-        groups[id(node)] = (node, entry[1], entry[2], entry[3] + arrived)
+    by_node: dict[int, Pending] = {}
+    for entry in pending:
+        by_node.setdefault(id(entry[0]), []).append(entry)
     worker = getattr(_local, "worker", None)
-    for node, tasks, deadlines, arrived in groups.values():
-        inline = worker is None or node.cheap
-        _put(tasks, node, min(deadlines) if deadlines else None, arrived, inline)
+    for entries in by_node.values():
+        node = entries[0][0]
+        deadlines = [deadline for _, _, deadline, _ in entries if deadline is not None]
+        tasks = [task for _, task, _, _ in entries]
+        arrived = sum(count for _, _, _, count in entries)
+        _put(tasks, node, min(deadlines) if deadlines else None, arrived, inline=worker is None or node.cheap)
 
 
 def _put(tasks: list[Task], node: Node, deadline: float | None, arrived: int, inline: bool = False) -> None:
@@ -83,5 +81,4 @@ def _put(tasks: list[Task], node: Node, deadline: float | None, arrived: int, in
         node.put(tasks, deadline, arrived=arrived, inline=inline)
     except PipeServeError as exc:
         for task in tasks:
-            report: Callable[[Task, BaseException | None], None] = task.on_done
-            report(task, exc)
+            task.on_done(task, exc)

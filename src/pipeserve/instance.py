@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from .backend import Backend, PartialFailure
@@ -19,7 +18,7 @@ from .errors import BackendError, RequestError, where
 from .registry import check_names
 from .syntax import BackendTree, parse_backend
 
-__all__ = ["Group", "GroupPlan", "Instance", "State", "plan_groups"]
+__all__ = ["Group", "Instance", "State", "plan_groups"]
 
 Item = dict[str, Any]
 
@@ -134,18 +133,9 @@ class Group:
         self.idle: list[Instance] = []
 
 
-@dataclass(frozen=True)
-class GroupPlan:
-    """A node's groups and instances, not yet built; ``cpu_threads`` is each one's share."""
-
-    groups: list[Group]
-    instances: list[Instance]
-    cpu_threads: int
-
-
-def plan_groups(config: NodeConfig, cpu_count: int) -> GroupPlan:
+def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:
     """Parse each group's backend, check its names, and lay out ``instance_num`` instances per
-    group; the cores are divided among all instances (at least one thread each).
+    group (not built yet): the groups, and all instances in order.
 
     Raises:
         ConfigError: bad syntax, unknown names, bad numbers.
@@ -167,4 +157,4 @@ def plan_groups(config: NodeConfig, cpu_count: int) -> GroupPlan:
             group.instances.append(instance)
             instances.append(instance)
         groups.append(group)
-    return GroupPlan(groups, instances, max(1, cpu_count // len(instances)))
+    return groups, instances

@@ -91,14 +91,12 @@ class Node:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise ConfigError(f"cannot import {module!r}: {exc}", node=node, key="imports") from exc
-        plan = plan_groups(config, cpu_count or os.cpu_count() or 1)
-        self._groups: list[Group] = plan.groups
-        self._instances: list[Instance] = plan.instances
-        self._cpu_threads = plan.cpu_threads
+        self._groups, self._instances = plan_groups(config)
         self._total = len(self._instances)
+        self._cpu_threads = max(1, (cpu_count or os.cpu_count() or 1) // self._total)  # see share_cpu
         self._upstream = 0
-        self._window = 0.0
-        self._expected = ExpectedCallers(0.0)
+        self._window = max(g.timeout for g in self._groups)  # the longest batching window
+        self._expected = ExpectedCallers(self._window)
         self._wake_at: float | None = None
         self._closed = False
         self._dead: list[tuple[Task, BaseException]] = []
@@ -141,8 +139,6 @@ class Node:
             self.close()
             raise
         self._groups.sort(key=lambda g: (-g.max, g.index))
-        self._window = max(g.timeout for g in self._groups)
-        self._expected = ExpectedCallers(self._window)
         if any(getattr(i.backend, "thread_affine", False) for i in self._instances):
             self._inline = False  # see NOTE [inline execution]
 
@@ -285,13 +281,18 @@ class Node:
         return stats.batches >= _CHEAP_AFTER and stats.compute_seconds < _CHEAP_BELOW * stats.batches
 
     def _run_borrowed(self, instance: Instance, batch: list[Task]) -> None:
-        pending = self._execute(instance, batch)
+        self._release(instance, self._execute(instance, batch), by_worker=False)
+
+    def _release(self, instance: Instance, pending: handoff.Pending, *, by_worker: bool) -> None:
+        """After a batch: make the instance idle (dispatching to it at once if work waits), then
+        hand the batch's items on (NOTE [hand-off]). A borrowed instance's worker is woken only
+        when work was assigned to it or the node closed."""
         with self._lock:
             self._fold_busy(instance)
             self._make_idle_locked(instance)
-            self._dispatch_locked(None)
-            if instance.state is State.ASSIGNED or self._closed:
-                instance.ring()  # its worker runs what was assigned meanwhile, or sees close()
+            self._dispatch_locked(instance if by_worker else None)
+            if not by_worker and (instance.state is State.ASSIGNED or self._closed):
+                instance.ring()
         self._flush_dead()
         handoff.flush(pending)
 
@@ -452,10 +453,6 @@ class Node:
 
     def _next_and_run(self, instance: Instance) -> bool:
         with self._lock:
-            if instance.state is State.RUNNING:
-                self._fold_busy(instance)
-                self._make_idle_locked(instance)
-                self._dispatch_locked(instance)
             if instance.state is not State.ASSIGNED:
                 if self._closed and instance.state is State.IDLE:
                     self._groups_by_index(instance.group).idle.remove(instance)
@@ -468,13 +465,7 @@ class Node:
                 instance.state = State.RUNNING
         self._flush_dead()
         if batch:
-            pending = self._execute(instance, batch)
-            with self._lock:  # release the instance before handing on (NOTE [hand-off])
-                self._fold_busy(instance)
-                self._make_idle_locked(instance)
-                self._dispatch_locked(instance)
-            self._flush_dead()
-            handoff.flush(pending)
+            self._release(instance, self._execute(instance, batch), by_worker=True)
         return True
 
     def _wait_locked(self, instance: Instance) -> None:
