@@ -120,53 +120,56 @@ class cvtColorMat(_PerItem):
         item["color"] = self.color
 
 
-class ResizePadMat(_PerItem):
+class _ResizePad(_PerItem):
+    """Resize to a size the subclass picks, pad bottom/right with ``pad_value`` to a fixed size
+    (width ``max_w``), and record ``inverse_trans`` (output pixels -> input pixels)."""
+
+    def init(self, params: Mapping[str, Any], options: Options) -> None:
+        super().init(params, options)
+        self.max_w = get_int(params, "max_w", node=options.node, minimum=1)
+        self.pad_value = get_float(params, "pad_value", 0.0, node=options.node)
+
+    def target(self, height: int, width: int) -> tuple[int, int, int]:
+        """The resized width and height, and the padded height, for a ``width`` x ``height`` image."""
+        raise NotImplementedError
+
+    def apply(self, item: Item) -> None:
+        image = self.image(item)
+        height, width = image.shape[:2]
+        new_w, new_h, padded_h = self.target(height, width)
+        resized = self.cv2.resize(image, (new_w, new_h), interpolation=self.cv2.INTER_LINEAR)
+        bottom, right = padded_h - new_h, self.max_w - new_w
+        if bottom > 0 or right > 0:
+            value = [self.pad_value] * (resized.shape[2] if resized.ndim == 3 else 1)
+            resized = self.cv2.copyMakeBorder(
+                resized, 0, max(0, bottom), 0, max(0, right), self.cv2.BORDER_CONSTANT, value=value
+            )
+        item["result"] = resized
+        item["inverse_trans"] = self.np.array([[width / new_w, 0, 0], [0, height / new_h, 0]], dtype=self.np.float64)
+
+
+class ResizePadMat(_ResizePad):
     """Fit inside ``max_h`` x ``max_w`` keeping the aspect ratio; pad bottom/right."""
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
         self.max_h = get_int(params, "max_h", node=options.node, minimum=1)
-        self.max_w = get_int(params, "max_w", node=options.node, minimum=1)
-        self.pad_value = get_float(params, "pad_value", 0.0, node=options.node)
 
-    def apply(self, item: Item) -> None:
-        image = self.image(item)
-        height, width = image.shape[:2]
+    def target(self, height: int, width: int) -> tuple[int, int, int]:
         scale = min(self.max_h / height, self.max_w / width)
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        resized = self.cv2.resize(image, (new_w, new_h), interpolation=self.cv2.INTER_LINEAR)
-        item["result"] = _pad(self, resized, self.max_h, self.max_w)
-        item["inverse_trans"] = self.np.array([[width / new_w, 0, 0], [0, height / new_h, 0]], dtype=self.np.float64)
+        return max(1, round(width * scale)), max(1, round(height * scale)), self.max_h
 
 
-def _pad(backend: Any, image: Any, height: int, width: int) -> Any:
-    bottom, right = height - image.shape[0], width - image.shape[1]
-    if bottom <= 0 and right <= 0:
-        return image
-    value = [backend.pad_value] * (image.shape[2] if image.ndim == 3 else 1)
-    return backend.cv2.copyMakeBorder(
-        image, 0, max(0, bottom), 0, max(0, right), backend.cv2.BORDER_CONSTANT, value=value
-    )
-
-
-class FixHResizePadMat(_PerItem):
+class FixHResizePadMat(_ResizePad):
     """Height ``resize_h`` keeping the aspect ratio (width at most ``max_w``); pad right to ``max_w``."""
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
         self.resize_h = get_int(params, "resize_h", node=options.node, minimum=1)
-        self.max_w = get_int(params, "max_w", node=options.node, minimum=1)
-        self.pad_value = get_float(params, "pad_value", 0.0, node=options.node)
 
-    def apply(self, item: Item) -> None:
-        image = self.image(item)
-        height, width = image.shape[:2]
-        new_w = min(self.max_w, max(1, int(-(-width * self.resize_h // height))))  # ceil
-        resized = self.cv2.resize(image, (new_w, self.resize_h), interpolation=self.cv2.INTER_LINEAR)
-        item["result"] = _pad(self, resized, self.resize_h, self.max_w)
-        item["inverse_trans"] = self.np.array(
-            [[width / new_w, 0, 0], [0, height / self.resize_h, 0]], dtype=self.np.float64
-        )
+    def target(self, height: int, width: int) -> tuple[int, int, int]:
+        new_w = min(self.max_w, max(1, -(-width * self.resize_h // height)))  # ceil
+        return new_w, self.resize_h, self.resize_h
 
 
 class CropMat(_PerItem):

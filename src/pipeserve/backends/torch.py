@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backend import Backend, Options, require
@@ -76,6 +76,14 @@ class _Nothing:
 class _ModelBackend(_Placed):
     model: Any
 
+    def load_model(self, what: str, load: Callable[[str], Any]) -> None:
+        """``self.model = load(path of the model key)``; a failure is a ConfigError naming it."""
+        path = get_str(self.params, "model", node=self.options.node)
+        try:
+            self.model = load(path)
+        except Exception as exc:
+            raise ConfigError(f"cannot load {what} {path!r}: {exc}", node=self.options.node, key="model") from exc
+
     def forward(self, items: list[Item]) -> None:
         torch = self.torch
         per_item = [self._tensors(item) for item in items]
@@ -111,13 +119,12 @@ class TorchScript(_ModelBackend):
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
-        path = get_str(params, "model", node=options.node)
-        try:
-            with warnings.catch_warnings():  # deprecated for new models; old files are why this exists
-                warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
-                self.model = self.torch.jit.load(path, map_location=self.device).eval()
-        except Exception as exc:
-            raise ConfigError(f"cannot load TorchScript {path!r}: {exc}", node=options.node, key="model") from exc
+        self.load_model("TorchScript", self._load)
+
+    def _load(self, path: str) -> Any:
+        with warnings.catch_warnings():  # deprecated for new models; old files are why this exists
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            return self.torch.jit.load(path, map_location=self.device).eval()
 
 
 class TorchExport(_ModelBackend):
@@ -125,11 +132,7 @@ class TorchExport(_ModelBackend):
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
-        path = get_str(params, "model", node=options.node)
-        try:
-            self.model = self.torch.export.load(path).module().to(self.device)
-        except Exception as exc:
-            raise ConfigError(f"cannot load exported program {path!r}: {exc}", node=options.node, key="model") from exc
+        self.load_model("exported program", lambda path: self.torch.export.load(path).module().to(self.device))
 
 
 class TorchModule(_ModelBackend):
