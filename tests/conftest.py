@@ -96,3 +96,15 @@ def pause(rec: Recording, pipe: ps.Pipe, node: str = "main") -> Callable[[int], 
         wait_until(lambda: pipe.stats()[node]["queued"] == n)
 
     return until_queued
+
+
+def occupy(
+    rec: Recording, pipe: ps.Pipe, item: dict[str, Any] | None = None, node: str = "main"
+) -> tuple[Any, Callable[[int], None]]:
+    """Pause ``rec``, send one item and wait until it is inside the backend, so that the instance
+    is busy and later items queue. Returns its future and a function that waits until ``n`` items
+    are queued."""
+    until_queued = pause(rec, pipe, node)
+    future = pipe.submit(item if item is not None else {"data": "first"})
+    assert rec.entered.acquire(timeout=10), "the first item never reached the backend"
+    return future, until_queued

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import pipeserve as ps
-from tests.conftest import Recording, pause
+from tests.conftest import Recording, occupy
 
 
 def test_call_fills_result_and_keeps_other_keys(make_pipe: Any) -> None:
@@ -118,9 +118,7 @@ def test_acall_does_not_block_the_event_loop(make_pipe: Any, recorder: Recording
 
 def test_cancelled_future_never_reaches_the_backend(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name})
-    until_queued = pause(recorder, pipe)
-    blocker = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    blocker, until_queued = occupy(recorder, pipe, {"data": "first"})
     doomed = pipe.submit({"data": "cancelled"})
     until_queued(1)
     assert doomed.cancel()
@@ -135,9 +133,7 @@ def test_cancelled_future_never_reaches_the_backend(make_pipe: Any, recorder: Re
 
 def test_per_call_deadline_expires_queued_items_without_running_them(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name})
-    pause(recorder, pipe)
-    blocker = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    blocker, _ = occupy(recorder, pipe, {"data": "first"})
     late = {"data": "late"}
     with pytest.raises(ps.RequestTimeout) as info:
         pipe(late, timeout=0.05)
@@ -161,9 +157,7 @@ def test_pipe_wide_timeout_from_config_in_milliseconds(make_pipe: Any) -> None:
 
 def test_closing_fails_everything_pending_and_refuses_new_items(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "instance_num": 1})
-    until_queued = pause(recorder, pipe)
-    running = pipe.submit({"data": "running"})
-    recorder.entered.acquire(timeout=10)
+    running, until_queued = occupy(recorder, pipe, {"data": "running"})
     queued = [pipe.submit({"data": i}) for i in range(5)]
     until_queued(5)
     closer = threading.Thread(target=pipe.close)

@@ -11,7 +11,7 @@ from pipeserve.batching import Task
 from pipeserve.config import load_config
 from pipeserve.node import Node
 from pipeserve.request import Request
-from tests.conftest import Recording, pause, wait_until
+from tests.conftest import Recording, occupy, wait_until
 
 
 def test_each_instance_is_initialised_used_and_closed_by_one_thread(recorder: Recording) -> None:
@@ -28,9 +28,7 @@ def test_each_instance_is_initialised_used_and_closed_by_one_thread(recorder: Re
 
 def test_items_queued_while_busy_form_full_batches(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max": 4})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first"})
     rest = [pipe.submit({"data": i}) for i in range(6)]
     until_queued(6)
     recorder.gate.set()
@@ -103,10 +101,8 @@ def test_window_closes_after_batching_timeout(recorder: Recording) -> None:
 
 def test_bucket_groups_split_a_batch_largest_group_first(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max": "1&4&8", "min": "1&4&8", "instance_num": 1, "inline": False})
-    until_queued = pause(recorder, pipe)
     # Occupy the 8-group with one item? It cannot take 1 (min 8): the 1-group takes it.
-    first = pipe.submit({"data": "lone"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "lone"})
     rest = [pipe.submit({"data": i}) for i in range(7)]
     until_queued(3)  # the 4-group took 4; the 8-group cannot take 3; the 1-group is busy
     recorder.gate.set()
@@ -122,9 +118,7 @@ def test_bucket_groups_split_a_batch_largest_group_first(make_pipe: Any, recorde
 
 def test_bucket_key_keeps_shapes_apart(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max": 8, "bucket_key": "width", "bucket_edges": "32,64"})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first", "width": 1})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first", "width": 1})
     widths = [10, 40, 20, 60, 100, 30]
     futures = [pipe.submit({"data": w, "width": w}) for w in widths]
     until_queued(6)
@@ -136,9 +130,7 @@ def test_bucket_key_keeps_shapes_apart(make_pipe: Any, recorder: Recording) -> N
 
 def test_priority_runs_first(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max": 1})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first"})
     futures = [pipe.submit({"data": d, "_priority": p}) for d, p in [("low", 0), ("high", 9), ("mid", 5)]]
     until_queued(3)
     recorder.gate.set()
@@ -149,9 +141,7 @@ def test_priority_runs_first(make_pipe: Any, recorder: Recording) -> None:
 
 def test_max_queue_rejects_with_overloaded(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max_queue": 2})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first"})
     kept = [pipe.submit({"data": i}) for i in range(2)]
     until_queued(2)
     with pytest.raises(ps.Overloaded, match="queue full"):
@@ -167,9 +157,7 @@ def test_max_queue_rejects_with_overloaded(make_pipe: Any, recorder: Recording) 
 
 def test_max_queue_can_block_until_room(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max_queue": 1, "overload": "block"})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first"})
     second = pipe.submit({"data": "second"})
     until_queued(1)
     result: list[Any] = []
@@ -184,9 +172,7 @@ def test_max_queue_can_block_until_room(make_pipe: Any, recorder: Recording) -> 
 
 def test_one_bad_item_does_not_fail_its_batch_mates(make_pipe: Any, recorder: Recording) -> None:
     pipe = make_pipe({"backend": recorder.name, "max": 8})
-    until_queued = pause(recorder, pipe)
-    first = pipe.submit({"data": "first"})
-    recorder.entered.acquire(timeout=10)
+    first, until_queued = occupy(recorder, pipe, {"data": "first"})
     futures = [pipe.submit({"data": d}) for d in [1, "bad", 3]]
     until_queued(3)
     recorder.gate.set()
