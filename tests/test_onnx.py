@@ -165,7 +165,7 @@ def test_threads_follow_the_cpu_budget_and_bad_settings_fail_at_construction(tmp
     model = affine_model(tmp_path / "a.onnx")
     with ps.pipe({"backend": "Onnx", "model": model, "instance_num": 2}, cpu_count=4) as pipe:
         node = pipe._nodes["main"]  # white-box: the sessions' thread settings
-        for instance in node._instances:
+        for instance in node.instances:
             assert instance.backend.session.get_session_options().intra_op_num_threads == 2
     with pytest.raises(ps.ConfigError, match="not available"):
         ps.pipe({"backend": "Onnx", "model": model, "providers": "NoSuchExecutionProvider"})

@@ -105,7 +105,7 @@ def test_on_a_gpu_each_instance_has_its_own_stream_and_results_are_ready(make_pi
             "max": 8,
         }
     )
-    streams = {id(i.backend.stream) for i in pipe._nodes["main"]._instances}
+    streams = {id(i.backend.stream) for i in pipe._nodes["main"].instances}
     assert len(streams) == 2
     rows = torch.randn(16, 8)
     items = [{"data": rows[i : i + 1]} for i in range(16)]

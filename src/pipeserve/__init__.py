@@ -11,8 +11,10 @@ Importing this package does no I/O, starts no thread and imports no optional dep
 """
 
 from .backend import Backend, Options, PartialFailure
+from .description import EntryDescription, NodeDescription, PipeDescription
 from .errors import (
     BackendError,
+    ComputeTimeout,
     ConfigError,
     ContractError,
     FilterError,
@@ -22,37 +24,55 @@ from .errors import (
     PipeClosed,
     PipeServeError,
     RegistryError,
+    RemoteError,
     RequestError,
     RequestTimeout,
     UnknownNameError,
+    WorkerDied,
 )
 from .events import Event
 from .filters import Status
-from .pipe import Pipe, pipe
+from .pipe import Pipe, PipeState, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
+from .signature import DATATYPES, TensorSpec
+from .statistics import Health, InstanceHealth, InstanceStatistics, NodeHealth, NodeStatistics
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DATATYPES",
     "Backend",
     "BackendError",
+    "ComputeTimeout",
     "ConfigError",
     "ContractError",
+    "EntryDescription",
     "Event",
     "FilterError",
+    "Health",
     "InputError",
+    "InstanceHealth",
+    "InstanceStatistics",
     "MissingDependencyError",
+    "NodeDescription",
+    "NodeHealth",
+    "NodeStatistics",
     "Options",
     "Overloaded",
     "PartialFailure",
     "Pipe",
     "PipeClosed",
+    "PipeDescription",
     "PipeServeError",
+    "PipeState",
     "RegistryError",
+    "RemoteError",
     "RequestError",
     "RequestTimeout",
     "Status",
+    "TensorSpec",
     "UnknownNameError",
+    "WorkerDied",
     "__version__",
     "list_backends",
     "list_filters",

@@ -28,13 +28,35 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .config import get_float, get_list
 
-__all__ = ["BatchQueue", "Bucketing", "Decision", "Task", "decide"]
+__all__ = ["BatchQueue", "Bucketing", "Decision", "OnDone", "RequestLike", "Task", "decide"]
 
 Item = dict[str, Any]
+
+
+class RequestLike(Protocol):
+    """What a node asks of the request a task belongs to (a :class:`~pipeserve.request.Request`,
+    or a graph walk standing for one)."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the request has an outcome (or was cancelled): its tasks are dropped."""
+
+    @property
+    def deadline(self) -> float | None:
+        """The clock reading after which the request fails, or None."""
+
+    def expired(self, now: float) -> bool:
+        """Whether the deadline has passed at clock reading ``now``."""
+
+    def fail(self, error: BaseException) -> bool:
+        """Deliver ``error`` as the request's outcome (False if it already had one)."""
+
+
+OnDone = Callable[["Task", "BaseException | None"], None]
 
 
 class Task:
@@ -42,7 +64,7 @@ class Task:
 
     Attributes:
         item: the dict the backend will see.
-        request: the owning request (anything with ``finished`` and ``deadline``).
+        request: the owning request.
         on_done: called once with ``(task, error_or_None)`` when the node is done with it.
         enqueued: the clock reading when it was queued.
         priority: higher runs first within a bucket.
@@ -55,8 +77,8 @@ class Task:
     def __init__(
         self,
         item: Item,
-        request: Any,
-        on_done: Callable[[Task, BaseException | None], None],
+        request: RequestLike,
+        on_done: OnDone,
         *,
         priority: int = 0,
         bucket: Hashable = None,
@@ -71,6 +93,19 @@ class Task:
         self.enqueued = 0.0
         self.seq = 0
         self.tag: str = ""  # the graph node (logical name) the task belongs to
+
+    @classmethod
+    def of(cls, item: Item, request: RequestLike, on_done: OnDone, bucketing: Bucketing) -> Task:
+        """A task for ``item``, its bucket, priority (``_priority``) and sort score
+        (``_sort_score``) read from the item."""
+        return cls(
+            item,
+            request,
+            on_done,
+            priority=int(item.get("_priority", 0)),
+            bucket=bucketing(item),
+            score=item.get("_sort_score"),
+        )
 
     def sort_key(self) -> tuple[int, int]:
         """Most urgent first: higher priority, then earlier arrival."""

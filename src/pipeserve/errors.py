@@ -10,20 +10,28 @@ standard exception a caller would naturally catch::
     ├── MissingDependencyError (ImportError) an optional package a backend needs is absent
     ├── RequestError (RuntimeError)         a request that was admitted but did not succeed
     │   ├── BackendError                    a backend raised; ``__cause__`` is the original
+    │   │   └── WorkerDied                  the process of a process instance died mid-batch
+    │   ├── ComputeTimeout (TimeoutError)   a batch outran the node's compute bound (reserved:
+    │   │                                   the hung-backend watchdog raises it)
     │   ├── ContractError                   a backend broke its contract (wrong output count...)
     │   ├── FilterError                     the ``Error`` filter (or a user filter) rejected the item
     │   ├── Overloaded                      a bounded queue was full
     │   ├── PipeClosed                      the pipe was closed before the request finished
+    │   ├── RemoteError                     a remote peer failed or could not be reached (reserved:
+    │   │                                   the Remote backend raises it, naming the peer)
     │   └── RequestTimeout (TimeoutError)   the request's deadline passed
     └── RegistryError (ValueError)          a name registered twice without ``replace=True``
 
-This module imports nothing of pipeserve's own, so every other module may import it.
+Every RequestError says where it happened (``node``, ``backend``, ``instance``); :func:`locate`
+is the one function that attaches that location. This module imports nothing of pipeserve's own,
+so every other module may import it.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "ComputeTimeout",
     "ConfigError",
     "ContractError",
     "FilterError",
@@ -33,9 +41,13 @@ __all__ = [
     "PipeClosed",
     "PipeServeError",
     "RegistryError",
+    "RemoteError",
     "RequestError",
     "RequestTimeout",
     "UnknownNameError",
+    "WorkerDied",
+    "locate",
+    "where",
 ]
 
 
@@ -170,17 +182,82 @@ class RequestTimeout(RequestError, TimeoutError):
     """
 
 
-def relocate(error: BaseException, prefix: str, *, node: str | None = None) -> RequestError:
-    """A copy of ``error`` (same RequestError type, else BackendError) whose message starts with
-    ``prefix``; its location attributes and cause are kept, ``node`` filled in if missing."""
-    if isinstance(error, RequestError):
-        copy = type(error).__new__(type(error))
-        RequestError.__init__(
-            copy, f"{prefix}: {error}", node=error.node or node, backend=error.backend, instance=error.instance
-        )
-        copy.__cause__ = error.__cause__
-        return copy
-    return BackendError(error, node=node)
+class WorkerDied(BackendError):
+    """The worker process of a process instance died while running the batch (a crash, the OOM
+    killer, ``os._exit``); a new worker is started for the next batch. Raised by the instance's
+    proxy without a location; :func:`locate` adds node, backend and instance."""
+
+    def __init__(self, message: str) -> None:
+        RequestError.__init__(self, message)
+
+
+class ComputeTimeout(RequestError, TimeoutError):
+    """A batch ran longer than its node allows; its instance was abandoned and replaced.
+
+    Reserved for the hung-backend watchdog; never raised yet.
+    """
+
+
+class RemoteError(RequestError):
+    """A remote inference server (the ``Remote`` backend's peer) failed or could not be reached.
+
+    Reserved for the Remote backend.
+
+    Attributes:
+        peer: the peer's address, when known.
+    """
+
+    peer: str | None = None
+
+
+def locate(
+    error: BaseException,
+    *,
+    node: str | None,
+    backend: str | None = None,
+    instance: int | None = None,
+    context: str | None = None,
+) -> RequestError:
+    """``error`` as a RequestError that says where it happened.
+
+    Two uses, one rule each:
+
+    * at an instance (``context`` None) the location given is authoritative: a foreign exception
+      becomes a BackendError naming node, backend and instance; a BackendError is rebuilt around
+      its cause, keeping the stage it names (a composite's child) over ``backend``; any other
+      RequestError becomes a copy of its own type whose message starts with the location.
+    * above the instances (``context`` given, a walk or a sub-request) the error keeps the
+      location it has and only gains what it lacks; its message starts with ``context``. A
+      foreign exception becomes a BackendError naming ``node``.
+
+    The original's ``__cause__`` is kept in every case.
+    """
+    if not isinstance(error, RequestError):
+        return BackendError(error, node=node, backend=backend, instance=instance)
+    if context is None:
+        stage = error.backend or backend
+        if isinstance(error, BackendError) and not isinstance(error, WorkerDied):
+            cause = error.__cause__ if error.__cause__ is not None else error
+            return BackendError(cause, node=node, backend=stage, instance=instance)
+        return _copy(error, f"{_where(node, stage, instance)}: {error}", node, stage, instance)
+    return _copy(
+        error,
+        f"{context}: {error}",
+        error.node or node,
+        error.backend or backend,
+        error.instance if error.instance is not None else instance,
+    )
+
+
+def _copy(
+    error: RequestError, message: str, node: str | None, backend: str | None, instance: int | None
+) -> RequestError:
+    copy = type(error).__new__(type(error))
+    RequestError.__init__(copy, message, node=node, backend=backend, instance=instance)
+    copy.__cause__ = error.__cause__
+    if isinstance(error, RemoteError):
+        copy.peer = error.peer  # type: ignore[attr-defined]
+    return copy
 
 
 def where(node: str | None, backend: str | None = None, instance: int | None = None) -> str:

@@ -14,26 +14,26 @@ subgraph whose nodes all *fold* into the skipping node (a later map naming them 
 node's input), ``Error`` fails the request. The first error of any node stops new nodes from
 starting and ends the request once its running nodes finish. The sink's output is the request's.
 
-``Jump`` and ``MapReduce`` nodes run no instance: they start child walks over the jump target's
-subgraph (one per element of the ``split`` list), whose first tasks are queued together so that
-sub-items of every request batch together downstream, and merge the children's ``merge`` keys back
-as lists, in split order. A failing child fails its parent naming its index.
+``Jump`` and ``MapReduce`` nodes start child walks (NOTE [sub-requests] in :mod:`pipeserve.fanout`).
+The input of a node is built by :func:`pipeserve.graph.build_input`.
 
 Every node of a walk is counted upstream at its scheduler until the item reaches it or is
-skipped, so that batching windows wait only while something can still come (NOTE [batch release]).
+skipped, so that batching windows wait only while something can still come (NOTE [batch release]);
+the walk's ``counted`` set is that tally, and :meth:`Walk._forget` its one way down.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import handoff
 from .batching import Task
-from .errors import FilterError, PipeServeError, RequestError, relocate
+from .delivery import hand_off
+from .errors import FilterError, PipeServeError, RequestError, locate
+from .fanout import Gather, merge, split
 from .filters import Filter, Status, as_status
-from .graph import COMPUTE, JUMP, Graph, GraphNode, Plan
+from .graph import COMPUTE, Graph, GraphNode, Plan, build_input
 from .node import Node
 from .registry import resolve_filter
 from .request import Request
@@ -103,7 +103,8 @@ class Executor:
                 node.caller_returned(request.caller)
 
     def _single_done(self, task: Task, error: BaseException | None) -> None:
-        request: Request = task.request
+        request = task.request
+        assert isinstance(request, Request)
         self._expect_caller_back(request)
         if error is None:
             request.succeed(task.item)
@@ -118,16 +119,6 @@ class Executor:
         else:
             assert output is not None
             request.succeed(output)
-
-
-class _Gather:
-    """The children of one Jump/MapReduce node."""
-
-    def __init__(self, count: int) -> None:
-        self.lock = threading.Lock()
-        self.left = count
-        self.outputs: list[Item | None] = [None] * count
-        self.error: tuple[int, BaseException] | None = None
 
 
 class Walk:
@@ -177,13 +168,25 @@ class Walk:
                 for walk in walks:
                     walk.counted.add(name)
 
-    def _uncount(self, name: str) -> int:
-        """Stop counting ``name`` upstream; returns what to pass as ``arrived`` to ``put``."""
+    def _arrive(self, name: str) -> int:
+        """Stop counting ``name`` upstream as its item reaches it; returns what to pass as
+        ``arrived`` to ``put`` (the scheduler then counts it down under its own lock)."""
         with self.lock:
             if name not in self.counted:
                 return 0
             self.counted.discard(name)
         return 1
+
+    def _forget(self, names: Iterable[str] | None = None) -> None:
+        """Stop counting ``names`` (default: every node still counted) upstream: their items will
+        never reach them."""
+        with self.lock:
+            gone = self.counted if names is None else self.counted.intersection(names)
+            self.counted = set() if names is None else self.counted - gone
+        for name in gone:
+            scheduler = self.executor.scheduler(name)
+            if scheduler is not None:
+                scheduler.add_upstream(-1)
 
     def begin(self, items: list[Item], *, walks: Sequence[Walk] = (), inline: bool = False) -> None:
         """Start this walk (and ``walks``, siblings with the same plan) at the entry with
@@ -194,7 +197,7 @@ class Walk:
         node = self.executor.scheduler(entry.name)
         if entry.kind != COMPUTE or node is None:
             for walk, item in zip(group, items, strict=True):
-                walk._run_sub_requests(entry, item)
+                walk._fan_out(entry, item)
             return
         tasks = []
         for walk, item in zip(group, items, strict=True):
@@ -214,8 +217,8 @@ class Walk:
 
     def _launch(self, node: GraphNode, item: Item) -> None:
         if node.kind != COMPUTE:
-            self._uncount_and_forget(node.name)
-            self._run_sub_requests(node, item)
+            self._forget((node.name,))
+            self._fan_out(node, item)
             return
         scheduler = self.executor.scheduler(node.name)
         assert scheduler is not None
@@ -224,13 +227,7 @@ class Walk:
         with self.lock:
             self.running += 1
         # A refused put comes back through _task_done with the error (NOTE [hand-off]).
-        handoff.put(scheduler, task, self.root.deadline, self._uncount(node.name))
-
-    def _uncount_and_forget(self, name: str) -> None:
-        if self._uncount(name):
-            scheduler = self.executor.scheduler(name)
-            if scheduler is not None:
-                scheduler.add_upstream(-1)
+        hand_off(scheduler, task, self.root.deadline, self._arrive(node.name))
 
     def _task_done(self, task: Task, error: BaseException | None) -> None:
         with self.lock:
@@ -262,7 +259,7 @@ class Walk:
 
     def _failed(self, name: str, error: BaseException) -> None:
         if not isinstance(error, RequestError):
-            error = relocate(error, f"node {name!r}", node=name)
+            error = locate(error, node=name, context=f"node {name!r}")
         with self.lock:
             if self.error is None:
                 self.error = error
@@ -273,22 +270,22 @@ class Walk:
     def _ready(self, name: str) -> None:
         """All predecessors of ``name`` are done: build its input, filter, act (NOTE [walk])."""
         if name in self.folded:
-            self._uncount_and_forget(name)
+            self._forget((name,))
             self._completed(name, self.folded[name])
             return
         node = self.graph.nodes[name]
         try:
-            item = self._input_for(node)
+            item = build_input(node, self.outputs)
             decide = self.executor.filters.get(name)
             status = Status.Run if decide is None else as_status(decide(item), node.filter or "")
         except Exception as exc:  # noqa: BLE001 - a bad map or a raising filter fails the request
-            self._uncount_and_forget(name)
+            self._forget((name,))
             self._failed(name, exc)
             return
         if status is Status.Run:
             self._launch(node, item)
             return
-        self._uncount_and_forget(name)
+        self._forget((name,))
         if status is Status.Skip:
             self._completed(name, item)
         elif status is Status.Break:
@@ -302,94 +299,39 @@ class Walk:
                     self.folded[skipped] = item
             self._completed(name, item)
 
-    def _input_for(self, node: GraphNode) -> Item:
-        if node.map is None:
-            return dict(self.outputs[node.preds[0]])
-        built: Item = {}
-        for source in node.map:
-            output = self.outputs[source.node]  # type: ignore[index]
-            for key, target in source.pairs:
-                if key in output:
-                    built[target] = output[key]
-        if "context" not in built:
-            for source in node.map:
-                output = self.outputs[source.node]  # type: ignore[index]
-                if "context" in output:
-                    built["context"] = output["context"]
-                    break
-        if "data" not in built:
-            raise RequestError(
-                f"node {node.name!r}: the input built by 'map' has no 'data' (keys: {sorted(built)})", node=node.name
-            )
-        return built
-
     def _finish(self, output: Item | None, error: BaseException | None) -> None:
         with self.lock:
             if self.done:
                 return
             self.done = True
-            counted, self.counted = self.counted, set()
-        for name in counted:
-            scheduler = self.executor.scheduler(name)
-            if scheduler is not None:
-                scheduler.add_upstream(-1)
+        self._forget()
         self.on_finish(self, output, error)
 
     # ------------------------------------------------------------------ Jump and MapReduce
-    def _run_sub_requests(self, node: GraphNode, item: Item) -> None:
-        if node.kind == JUMP:
-            parts = [item]
-        else:
-            values = item.get(node.split)
-            if not isinstance(values, (list, tuple)):
-                self._failed(
-                    node.name,
-                    RequestError(
-                        f"node {node.name!r}: expected a list under {node.split!r}, got {type(values).__name__}",
-                        node=node.name,
-                    ),
-                )
-                return
-            if not values:
-                merged = dict(item)
-                for key in node.merge:
-                    merged[key] = []
-                self._completed(node.name, merged)
-                return
-            parts = [{**item, node.split: value} for value in values]
+    def _fan_out(self, node: GraphNode, item: Item) -> None:
+        """Start the sub-requests of ``node`` (NOTE [sub-requests])."""
+        try:
+            parts = split(node, item)
+        except RequestError as exc:
+            self._failed(node.name, exc)
+            return
+        if not parts:
+            self._completed(node.name, merge(node, item, []))
+            return
         assert node.jump is not None
         plan = self.graph.plan(node.jump)
-        gather = _Gather(len(parts))
         with self.lock:
             self.running += 1
-        children = []
-        for index in range(len(parts)):
-            finish = self._child_finisher(node, item, index, gather)
-            children.append(Walk(self.executor, plan, self.root, finish))
-        children[0].begin(parts, walks=children[1:])
 
-    def _child_finisher(self, node: GraphNode, item: Item, index: int, gather: _Gather) -> Finish:
-        def finish(child: Walk, output: Item | None, error: BaseException | None) -> None:
-            with gather.lock:
-                if error is not None and (gather.error is None or index < gather.error[0]):
-                    gather.error = (index, error)
-                gather.outputs[index] = output
-                gather.left -= 1
-                last = not gather.left
-            if not last:
-                return
+        def gathered(output: Item | None, error: BaseException | None) -> None:
             with self.lock:
                 self.running -= 1
-            if gather.error is not None:
-                failed, cause = gather.error
-                what = f"node {node.name!r}, sub-item {failed} of {len(gather.outputs)}"
-                self._failed(node.name, relocate(cause, what, node=node.name))
-            elif node.kind == JUMP:
-                self._completed(node.name, gather.outputs[0] or {})
+            if error is not None:
+                self._failed(node.name, error)
             else:
-                merged = dict(item)
-                for key in node.merge:
-                    merged[key] = [(out or {}).get(key) for out in gather.outputs]
-                self._completed(node.name, merged)
+                assert output is not None
+                self._completed(node.name, output)
 
-        return finish
+        gather = Gather(node, item, len(parts), gathered)
+        children = [Walk(self.executor, plan, self.root, gather.finisher(index)) for index in range(len(parts))]
+        children[0].begin(parts, walks=children[1:])

@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from .config import NodeConfig, get_list, get_str
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, RequestError
 
-__all__ = ["Graph", "GraphNode", "MapSource", "Plan", "parse_map"]
+__all__ = ["Graph", "GraphNode", "MapSource", "Plan", "build_input", "parse_map"]
+
+Item = dict[str, Any]
 
 COMPUTE, JUMP, MAPREDUCE = "compute", "jump", "mapreduce"
 
@@ -329,3 +332,34 @@ def _node(
         split=get_str(params, "split", "data", node=name),
         merge=tuple(get_list(params, "merge", ["result"], node=name)),
     )
+
+
+def build_input(node: GraphNode, outputs: Mapping[str, Item]) -> Item:
+    """The input of ``node`` from the outputs of its ancestors (SPEC 4; a pure function).
+
+    Without ``map``: a shallow copy of the single predecessor's output. With ``map``: a new dict
+    of the listed keys (a key missing from its source is left out); ``context`` is carried over
+    from the first source that has one when the map does not set it.
+
+    Raises:
+        RequestError: the built dict has no ``data``.
+    """
+    if node.map is None:
+        return dict(outputs[node.preds[0]])
+    built: Item = {}
+    for source in node.map:
+        output = outputs[source.node]  # type: ignore[index]
+        for key, target in source.pairs:
+            if key in output:
+                built[target] = output[key]
+    if "context" not in built:
+        for source in node.map:
+            output = outputs[source.node]  # type: ignore[index]
+            if "context" in output:
+                built["context"] = output["context"]
+                break
+    if "data" not in built:
+        raise RequestError(
+            f"node {node.name!r}: the input built by 'map' has no 'data' (keys: {sorted(built)})", node=node.name
+        )
+    return built

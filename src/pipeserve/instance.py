@@ -1,8 +1,8 @@
 """One instance of a node's backend: running a batch on it, isolating failures, naming errors.
 
 An instance is built, used and closed by one owner at a time (its worker thread, or a caller
-that borrowed it while idle, see NOTE [inline execution] in :mod:`pipeserve.node`), so backends
-need not be thread-safe.
+that borrowed it while idle, see NOTE [inline execution] in :mod:`pipeserve.dispatch`), so
+backends need not be thread-safe.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from .backend import Backend, PartialFailure
 from .batching import Task
 from .config import NodeConfig, get_float, get_int, get_str
-from .errors import BackendError, RequestError, where
+from .errors import ConfigError, RequestError, locate
 from .registry import check_names
 from .syntax import BackendTree, parse_backend
 
-__all__ = ["Group", "Instance", "State", "plan_groups"]
+__all__ = ["Group", "Instance", "State", "plan_groups", "read_ranges"]
 
 Item = dict[str, Any]
 
@@ -43,6 +43,8 @@ class Instance:
         state: see :class:`State`.
         batch: the batch assigned to it (state ASSIGNED).
         current: the batch it is running, for close() to fail if it never returns.
+        started: when its current batch started (clock reading), for health reports.
+        batches, items: how many batches and items it ran.
     """
 
     def __init__(self, node: str, index: int, group: int, tree: BackendTree) -> None:
@@ -61,6 +63,9 @@ class Instance:
         self.backend: Backend | None = None
         self.thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # folded into the node's statistics under its lock
+        self.started = 0.0
+        self.batches = 0
+        self.items = 0
 
     def ring(self) -> None:
         """Wake the worker (call with the node's lock held)."""
@@ -97,21 +102,8 @@ class Instance:
         return {}
 
     def wrap(self, exc: BaseException) -> RequestError:
-        """Turn ``exc`` into a RequestError naming this node, backend and instance."""
-        if isinstance(exc, BackendError):
-            cause = exc.__cause__ if exc.__cause__ is not None else exc
-            return BackendError(cause, node=self.node, backend=exc.backend or self.label, instance=self.index)
-        if isinstance(exc, RequestError):
-            stage = exc.backend or self.label
-            located = type(exc)(
-                f"{where(self.node, stage, self.index)}: {exc}",
-                node=self.node,
-                backend=stage,
-                instance=self.index,
-            )
-            located.__cause__ = exc.__cause__
-            return located
-        return BackendError(exc, node=self.node, backend=self.label, instance=self.index)
+        """``exc`` as a RequestError naming this node, backend and instance."""
+        return locate(exc, node=self.node, backend=self.label, instance=self.index)
 
 
 class Group:
@@ -158,3 +150,19 @@ def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:
             instances.append(instance)
         groups.append(group)
     return groups, instances
+
+
+def read_ranges(groups: list[Group], node: str) -> None:
+    """Set each group's batch range from its built backends (``min()``/``max()``).
+
+    Raises:
+        ConfigError: an empty range, or no group that accepts a batch of one.
+    """
+    for group in groups:
+        backend = group.instances[0].backend
+        assert backend is not None
+        group.min, group.max = backend.min(), backend.max()
+        if group.min < 1 or group.min > group.max:
+            raise ConfigError(f"batch range {group.min}..{group.max} is empty", node=node, key="max")
+    if min(g.min for g in groups) != 1:
+        raise ConfigError("the smallest 'min' of the bucket groups must be 1", node=node, key="min")

@@ -9,33 +9,61 @@ Example::
         pipe(item)                      # blocks; item["result"] == 42
         future = pipe.submit({"data": 1})
         assert future.result()["result"] == 1
+
+NOTE [drain]
+``close(drain=True)`` first stops admitting (new calls fail with PipeClosed, ``state`` becomes
+``draining``) and waits, up to the bound, until every admitted request has its outcome (the
+pipe counts requests between admission and outcome, :class:`~pipeserve.request.InFlight`). Then
+it closes as without draining (NOTE [shutdown]): whatever is still queued fails with PipeClosed,
+running batches get what is left of the bound to finish. A server calls it on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from types import MappingProxyType
 from typing import Any
 
+from .budget import machine_cores, share
 from .config import get_float, load_config
+from .description import EntryDescription, NodeDescription, PipeDescription
 from .errors import InputError, PipeClosed
 from .events import Event
 from .executor import Executor
 from .graph import COMPUTE, Graph
 from .node import Node
-from .request import DeadlineWatch, Request
+from .registry import import_modules
+from .request import DeadlineWatch, InFlight, Request
+from .settings import NodeSettings
+from .signature import parse_signature
+from .statistics import Health, NodeHealth, NodeStatistics
 
-__all__ = ["Pipe", "pipe"]
+__all__ = ["Pipe", "PipeState", "pipe"]
 
 Item = dict[str, Any]
 Config = str | os.PathLike[str] | Mapping[str, Any]
+Clock = Callable[[], float]
 
 
-def pipe(config: Config, *, timeout: float | None = None, cpu_count: int | None = None) -> Pipe:
+class PipeState(enum.Enum):
+    """Where a pipe is in its life: ``starting`` (building its instances), ``ready``,
+    ``draining`` (finishing what it admitted, admitting nothing new) or ``closed``."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+def pipe(
+    config: Config, *, timeout: float | None = None, cpu_count: int | None = None, clock: Clock = time.monotonic
+) -> Pipe:
     """Build a :class:`Pipe` from a TOML path, a flat dict or a ``{node: {...}}`` dict.
 
     Args:
@@ -43,19 +71,30 @@ def pipe(config: Config, *, timeout: float | None = None, cpu_count: int | None 
         timeout: default request deadline in seconds (overrides the ``timeout`` key, which
             is in milliseconds like every duration in configurations).
         cpu_count: cores to share among compute instances (default: the machine's).
+        clock: the monotonic clock that deadlines, waits and batching windows are read from
+            (one for the whole pipe; tests may pass their own).
 
     Raises:
         ConfigError: the configuration is invalid; MissingDependencyError: a backend's
             optional package is absent.
     """
-    return Pipe(config, timeout=timeout, cpu_count=cpu_count)
+    return Pipe(config, timeout=timeout, cpu_count=cpu_count, clock=clock)
 
 
 class Pipe:
     """A running pipe. Thread-safe; see the module docstring for an example."""
 
-    def __init__(self, config: Config, *, timeout: float | None = None, cpu_count: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        timeout: float | None = None,
+        cpu_count: int | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         """See :func:`pipe`."""
+        self._state = PipeState.STARTING
+        self._clock = clock
         self.config = load_config(config)
         self.timeout = timeout or None
         # Per-entry default deadlines: the call's timeout, else the pipe's, else the entry
@@ -65,27 +104,31 @@ class Pipe:
             for name, node in self.config.nodes.items()
         }
         self.graph = Graph.from_config(self.config.nodes)
+        # Entries: the roots that are not only there as the target of a Jump/MapReduce.
+        targets = {node.jump for node in self.graph.nodes.values()}
+        self._entries = tuple(r for r in self.graph.roots if r not in targets) or self.graph.roots
+        self._signatures = {entry: parse_signature(self.config.nodes[entry].params, entry) for entry in self._entries}
         self._nodes: dict[str, Node] = {}
         try:
             for name, node in self.graph.nodes.items():
                 if node.kind == COMPUTE and node.physical == name:
-                    self._nodes[name] = Node(self.config.nodes[name], cpu_count=cpu_count)
+                    settings = NodeSettings.from_config(self.config.nodes[name])
+                    import_modules(settings.imports, name)  # they register backends
+                    self._nodes[name] = Node(self.config.nodes[name], settings=settings, clock=clock)
             # The cores are one budget for the whole pipe: stages run at the same time.
-            instances = sum(node.instance_count for node in self._nodes.values())
+            threads = share(cpu_count or machine_cores(), sum(len(node.instances) for node in self._nodes.values()))
             for scheduled in self._nodes.values():
-                scheduled.share_cpu((cpu_count or os.cpu_count() or 1) // instances)
+                scheduled.share_cpu(threads)
                 scheduled.start()
             self._executor = Executor(self.graph, self._nodes)
         except BaseException:
             for started in self._nodes.values():
                 started.close()
             raise
-        # Entries: the roots that are not only there as the target of a Jump/MapReduce.
-        targets = {node.jump for node in self.graph.nodes.values()}
-        self._entries = tuple(r for r in self.graph.roots if r not in targets) or self.graph.roots
-        self._deadlines = DeadlineWatch()
-        self._closed = False
+        self._deadlines = DeadlineWatch(clock)
+        self._inflight = InFlight()
         self._close_lock = threading.Lock()
+        self._state = PipeState.READY
 
     # ----------------------------------------------------------------- calls
     def __call__(self, item: Item | list[Item], *, timeout: float | None = None) -> Any:
@@ -112,8 +155,12 @@ class Pipe:
             return item
         request = self._admit(item, timeout)
         request.caller = threading.get_ident()
-        # A request with a deadline is never run inline: its caller must be free to time out.
-        self._executor.start(request, inline=request.deadline is None)
+        try:
+            # A request with a deadline is never run inline: its caller must be free to time out.
+            self._executor.start(request, inline=request.deadline is None)
+        except BaseException as exc:
+            request.fail(exc)  # refused at the entry: its outcome is this error, raised here
+            raise
         self._wait(request)
         return item
 
@@ -126,7 +173,11 @@ class Pipe:
         request = self._admit(item, timeout)
         future = request.attach_future()
         self._deadlines.watch(request)
-        self._executor.start(request)
+        try:
+            self._executor.start(request)
+        except BaseException as exc:
+            request.fail(exc)  # refused at the entry: raised here rather than set on the future
+            raise
         return future
 
     async def acall(self, item: Item, *, timeout: float | None = None) -> Item:
@@ -134,11 +185,18 @@ class Pipe:
         return await asyncio.wrap_future(self.submit(item, timeout=timeout))
 
     def _call_many(self, items: list[Item], timeout: float | None) -> list[Item]:
-        requests = [self._admit(item, timeout) for item in items]
-        caller = threading.get_ident()
-        for request in requests:
-            request.caller = caller
-        self._executor.start_many(requests)
+        requests: list[Request] = []
+        try:
+            for item in items:
+                requests.append(self._admit(item, timeout))
+            caller = threading.get_ident()
+            for request in requests:
+                request.caller = caller
+            self._executor.start_many(requests)
+        except BaseException as exc:
+            for request in requests:
+                request.fail(exc)  # no-op for those that already have an outcome
+            raise
         first_error: BaseException | None = None
         for request in requests:
             try:
@@ -150,8 +208,8 @@ class Pipe:
         return items
 
     def _admit(self, item: Any, timeout: float | None) -> Request:
-        if self._closed:
-            raise PipeClosed("the pipe is closed")
+        if self._state is not PipeState.READY:
+            raise PipeClosed("the pipe is closed" if self._state is PipeState.CLOSED else "the pipe is draining")
         if not isinstance(item, dict):
             raise InputError(f"an item must be a dict with a 'data' key, got {type(item).__name__}")
         if "data" not in item:
@@ -166,12 +224,12 @@ class Pipe:
         else:
             self.graph.plan(entry)  # InputError if this node cannot be an entry
         seconds = self._entry_timeouts[entry] if timeout is None else timeout
-        deadline = time.monotonic() + seconds if seconds else None
-        return Request(item, deadline, entry)
+        deadline = self._clock() + seconds if seconds else None
+        self._inflight.enter()
+        return Request(item, deadline, entry, self._inflight)
 
-    @staticmethod
-    def _wait(request: Request) -> None:
-        remaining = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+    def _wait(self, request: Request) -> None:
+        remaining = None if request.deadline is None else max(0.0, request.deadline - self._clock())
         if not request.wait(remaining):
             request.time_out()
             request.wait(None)
@@ -179,6 +237,16 @@ class Pipe:
             raise request.error
 
     # ----------------------------------------------------------------- introspection
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The nodes a request may start at (``node_name``); the first is the default."""
+        return self._entries
+
+    @property
+    def state(self) -> PipeState:
+        """Where the pipe is in its life (see :class:`PipeState`)."""
+        return self._state
+
     def max(self, node_name: str | None = None) -> int:
         """The largest batch the entry node runs."""
         return self._node(node_name).batch_range[1]
@@ -195,21 +263,91 @@ class Pipe:
             raise InputError(f"no scheduled node {name!r}; nodes: {list(self._nodes)}")
         return node
 
+    def describe(self) -> PipeDescription:
+        """The pipe's entries (nodes visited, batch range, declared inputs and outputs, instance
+        kinds) and scheduled nodes, as frozen data (see :mod:`pipeserve.description`)."""
+        nodes = {}
+        for name, node in self._nodes.items():
+            nodes[name] = NodeDescription(
+                name=name,
+                backend=str(node.config.groups[0].get("backend", "Identity")),
+                instance_kind="process" if node.settings.process else "thread",
+                instances=len(node.instances),
+                batch_range=node.batch_range,
+                batching_timeout_ms=max(get_float(g, "batching_timeout", 0.0, node=name) for g in node.config.groups),
+                max_queue=node.settings.max_queue,
+            )
+        entries = {}
+        for entry in self._entries:
+            visited = self._visited(entry)
+            scheduler = self._executor.scheduler(entry)
+            inputs, outputs = self._signatures[entry]
+            entries[entry] = EntryDescription(
+                name=entry,
+                nodes=tuple(n for n in self.graph.nodes if n in visited),
+                batch_range=scheduler.batch_range if scheduler is not None else (1, 1),
+                inputs=inputs,
+                outputs=outputs,
+                instance_kinds=frozenset(
+                    nodes[self.graph.nodes[n].physical].instance_kind
+                    for n in visited
+                    if self.graph.nodes[n].physical in nodes
+                ),
+            )
+        return PipeDescription(MappingProxyType(entries), MappingProxyType(nodes))
+
+    def _visited(self, entry: str) -> set[str]:
+        """The graph nodes a request from ``entry`` may visit, through Jump targets too."""
+        seen: set[str] = set()
+        todo = [entry]
+        while todo:
+            for name in self.graph.descendants(todo.pop()):
+                if name not in seen:
+                    seen.add(name)
+                    jump = self.graph.nodes[name].jump
+                    if jump is not None:
+                        todo.append(jump)
+        return seen
+
+    def statistics(self) -> Mapping[str, NodeStatistics]:
+        """A frozen snapshot of each scheduled node's statistics, with one entry per instance
+        (see :class:`~pipeserve.statistics.NodeStatistics`)."""
+        return MappingProxyType({name: node.statistics() for name, node in self._nodes.items()})
+
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per-node statistics: queued, running, batches, batch-size histogram, release
-        reasons, mean queue and compute time, errors, expired, rejected."""
+        """Per-node statistics as plain data: queued, running, batches, batch-size histogram,
+        release reasons, mean queue and compute time, errors, expired, rejected (the dict view
+        of :meth:`statistics`)."""
         return {name: node.stats() for name, node in self._nodes.items()}
 
+    def health(self, *, stuck_after: float = 60.0) -> Health:
+        """The pipe's state and each instance's health: alive, broken (its worker ended while
+        the pipe is open) or stuck (running one batch for more than ``stuck_after`` seconds).
+        ``health().ok`` is what a readiness probe wants."""
+        nodes = {name: NodeHealth(name, node.health(stuck_after)) for name, node in self._nodes.items()}
+        return Health(self._state.value, MappingProxyType(nodes))
+
     # ----------------------------------------------------------------- lifecycle
-    def close(self, timeout: float = 10.0) -> None:
-        """Refuse new items, fail queued ones with PipeClosed, let running batches finish,
-        close every backend. Idempotent (NOTE [shutdown])."""
+    def close(self, timeout: float = 10.0, *, drain: bool = False) -> None:
+        """Shut down within about ``timeout`` seconds. Idempotent.
+
+        Without ``drain``: refuse new items, fail queued ones with PipeClosed, let running
+        batches finish, close every backend (NOTE [shutdown]). With ``drain``: first stop
+        admitting and let every admitted request finish within the bound, then do the same to
+        whatever is left (NOTE [drain]).
+        """
         with self._close_lock:
-            if self._closed:
+            if self._state is PipeState.CLOSED or (drain and self._state is PipeState.DRAINING):
                 return
-            self._closed = True
+            # A close without drain during a drain forces it: both go on to close the nodes,
+            # which is idempotent, and the drain's wait ends once the forced close failed the rest.
+            self._state = PipeState.DRAINING if drain else PipeState.CLOSED
+        end = self._clock() + timeout
+        if drain:
+            self._inflight.wait_idle(timeout)
+            self._state = PipeState.CLOSED
         for node in self._nodes.values():
-            node.close(timeout)
+            node.close(max(0.0, end - self._clock()) if drain else timeout)
         self._deadlines.close()
 
     def __enter__(self) -> Pipe:
@@ -219,5 +357,4 @@ class Pipe:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<pipeserve.Pipe nodes={list(self._nodes)} {state}>"
+        return f"<pipeserve.Pipe nodes={list(self._nodes)} {self._state.value}>"

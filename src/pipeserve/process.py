@@ -22,16 +22,12 @@ from typing import Any
 
 from .backend import Backend, Options, PartialFailure
 from .config import get_list
-from .errors import ConfigError
+from .errors import ConfigError, WorkerDied
 
-__all__ = ["ProcessBackend", "WorkerDied", "pid_of"]
+__all__ = ["ProcessBackend", "pid_of"]
 
 _SHM_MIN = 64 * 1024  # bytes: smaller arrays are cheaper to pickle
 Item = dict[str, Any]
-
-
-class WorkerDied(RuntimeError):
-    """The worker process of a process instance ended while running a batch."""
 
 
 class _Shared:

@@ -18,11 +18,12 @@ from typing import Any, TypeVar, overload
 
 from .backend import Backend, Child, DuckBackend, FunctionBackend, Options
 from .config import params_for
-from .errors import MissingDependencyError, RegistryError, UnknownNameError
+from .errors import ConfigError, MissingDependencyError, RegistryError, UnknownNameError
 from .filters import BUILTIN_FILTERS, Filter
 from .syntax import BackendTree
 
 __all__ = [
+    "import_modules",
     "build",
     "check_names",
     "list_backends",
@@ -151,6 +152,20 @@ def _store(table: dict[str, Any], kind: str, name: str, value: Any, replace: boo
         if name in table and not replace:
             raise RegistryError(f"a {kind} named {name!r} is already registered; pass replace=True to replace it")
         table[name] = value
+
+
+def import_modules(modules: tuple[str, ...] | list[str], node: str | None = None) -> None:
+    """Import ``modules`` (a node's ``imports`` key) so that the backends and filters they
+    register exist before the node's backends are checked and built.
+
+    Raises:
+        ConfigError: a module cannot be imported (naming the node and the module).
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import {module!r}: {exc}", node=node, key="imports") from exc
 
 
 def list_backends() -> list[str]:

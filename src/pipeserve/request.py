@@ -11,15 +11,41 @@ from __future__ import annotations
 
 import heapq
 import threading
-import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .errors import RequestTimeout
 
-__all__ = ["DeadlineWatch", "Request"]
+__all__ = ["DeadlineWatch", "InFlight", "Request"]
 
 Item = dict[str, Any]
+Clock = Callable[[], float]
+
+
+class InFlight:
+    """How many admitted requests have no outcome yet (NOTE [drain] in :mod:`pipeserve.pipe`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.count = 0
+
+    def enter(self) -> None:
+        """A request was admitted."""
+        with self._cond:
+            self.count += 1
+
+    def leave(self) -> None:
+        """A request got its outcome."""
+        with self._cond:
+            self.count -= 1
+            if not self.count:
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request is in flight or ``timeout`` seconds pass; True if none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self.count, timeout)
 
 
 class Request:
@@ -32,14 +58,26 @@ class Request:
             ``caller_item`` or to the error; blocking calls wait with :meth:`wait` instead, which
             costs a lock rather than a Future.
         error: the error delivered, once finished.
-        deadline: a ``time.monotonic()`` reading after which the request fails, or None.
+        deadline: a reading of the pipe's clock after which the request fails, or None.
         entry: the node the request starts at.
         caller: the thread blocked on this request (a blocking call), or None.
+        inflight: told when the request gets its outcome, if given.
     """
 
-    __slots__ = ("_done", "_gate", "caller", "caller_item", "deadline", "entry", "error", "future", "item")
+    __slots__ = (
+        "_done",
+        "_gate",
+        "caller",
+        "caller_item",
+        "deadline",
+        "entry",
+        "error",
+        "future",
+        "inflight",
+        "item",
+    )
 
-    def __init__(self, caller_item: Item, deadline: float | None, entry: str) -> None:
+    def __init__(self, caller_item: Item, deadline: float | None, entry: str, inflight: InFlight | None = None) -> None:
         self.caller_item = caller_item
         self.item = dict(caller_item)
         self.item.pop("result", None)
@@ -48,6 +86,7 @@ class Request:
         self.caller: int | None = None
         self.future: Future[Item] | None = None
         self.error: BaseException | None = None
+        self.inflight = inflight
         self._gate = threading.Lock()
         self._done = threading.Lock()  # held until an outcome is delivered
         self._done.acquire()
@@ -99,6 +138,8 @@ class Request:
     def _resolve(self, result: Item | None, error: BaseException | None) -> bool:
         self.error = error
         self._done.release()
+        if self.inflight is not None:
+            self.inflight.leave()
         if self.future is None:
             return True
         try:
@@ -117,9 +158,13 @@ class DeadlineWatch:
     One daemon thread, started on the first request that has a deadline and stopped by
     :meth:`close`. Blocking calls also time out on their own; this serves ``submit`` and
     ``acall``, whose callers may not be waiting.
+
+    Args:
+        clock: the pipe's clock, which the deadlines are readings of.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._heap: list[tuple[float, int, Request]] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -144,7 +189,7 @@ class DeadlineWatch:
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
-                now = time.monotonic()
+                now = self._clock()
                 while self._heap and (self._heap[0][0] <= now or self._heap[0][2].finished):
                     _, _, request = heapq.heappop(self._heap)
                     if not request.finished:
