@@ -252,7 +252,10 @@ def locate(
 def _copy(
     error: RequestError, message: str, node: str | None, backend: str | None, instance: int | None
 ) -> RequestError:
-    copy = type(error).__new__(type(error))
+    cls = type(error)
+    # Allocate without running the subclass's own __init__ (BackendError's takes a cause); the
+    # TimeoutError family has OSError's layout and must be allocated by it.
+    copy = OSError.__new__(cls) if issubclass(cls, OSError) else BaseException.__new__(cls)
     RequestError.__init__(copy, message, node=node, backend=backend, instance=instance)
     copy.__cause__ = error.__cause__
     if isinstance(error, RemoteError):
