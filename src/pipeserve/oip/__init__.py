@@ -9,7 +9,7 @@ A request's path through it, on a server::
     from pipeserve import oip
 
     request = oip.http_codec.decode_request(body, headers.get(oip.HEADER_LENGTH), inputs=ins, outputs=outs)
-    items = oip.split_batch(request.inputs, ins)            # N item dicts (NOTE [ batch mapping ])
+    items = oip.split_batch(request.inputs, ins)            # N item dicts (NOTE [batch mapping])
     ...                                                     # run them through the pipe
     tensors = oip.stack_outputs(items, outs)
     response = oip.InferResponse("ocr", tuple(tensors), id=request.id)

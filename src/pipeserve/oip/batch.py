@@ -1,6 +1,6 @@
 """A batched request to pipe items, and the items' results back to batched output tensors.
 
-NOTE [ batch mapping ]
+NOTE [batch mapping]
 A request whose inputs have a leading batch dimension N becomes N item dicts, item ``i``
 holding, under each input spec's ``key``, the slice ``i`` of that input:
 
@@ -52,7 +52,7 @@ def check_signature(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec])
 
 
 def split_batch(tensors: Sequence[Tensor], specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
-    """One item dict per batch entry of ``tensors`` (see NOTE [ batch mapping ]).
+    """One item dict per batch entry of ``tensors`` (see NOTE [batch mapping]).
 
     Args:
         tensors: a validated request's inputs (:func:`~pipeserve.oip.validate.check_request`).
