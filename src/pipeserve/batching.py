@@ -94,19 +94,6 @@ class Task:
         self.seq = 0
         self.tag: str = ""  # the graph node (logical name) the task belongs to
 
-    @classmethod
-    def of(cls, item: Item, request: RequestLike, on_done: OnDone, bucketing: Bucketing) -> Task:
-        """A task for ``item``, its bucket, priority (``_priority``) and sort score
-        (``_sort_score``) read from the item."""
-        return cls(
-            item,
-            request,
-            on_done,
-            priority=int(item.get("_priority", 0)),
-            bucket=bucketing(item),
-            score=item.get("_sort_score"),
-        )
-
     def sort_key(self) -> tuple[int, int]:
         """Most urgent first: higher priority, then earlier arrival."""
         return (-self.priority, self.seq)

@@ -61,14 +61,11 @@ class Collecting:
     """``with Collecting() as pending:`` collects the hand-offs made on this thread meanwhile
     (NOTE [hand-off]); pass ``pending`` to :func:`flush` once the delivering instance is free."""
 
-    __slots__ = ("pending", "previous")
-
-    def __init__(self) -> None:
-        self.pending: Pending = []
-        self.previous: Pending | None = None
+    __slots__ = ("pending", "previous")  # no __init__: this is on every batch's path
 
     def __enter__(self) -> Pending:
-        self.previous = getattr(_local, "pending", None)
+        self.previous: Pending | None = getattr(_local, "pending", None)
+        self.pending: Pending = []
         _local.pending = self.pending
         return self.pending
 

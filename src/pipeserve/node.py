@@ -58,6 +58,7 @@ class Node:
         self._dispatch = Dispatcher(self.name, groups, self.settings, self.stats_data, self._lock)
         self._workers = Workers(config, self.settings, instances, self._lock, self._dispatch, clock)
         self._workers.cpu_threads = share(cpu_count or machine_cores(), len(instances))
+        self._bucketing = self.settings.bucketing
 
     @property
     def instances(self) -> tuple[Instance, ...]:
@@ -92,8 +93,16 @@ class Node:
         return self._dispatch.batch_range
 
     def make_task(self, item: dict[str, Any], request: RequestLike, on_done: OnDone) -> Task:
-        """A task for ``item`` (its bucket, priority and sort score read from the item)."""
-        return Task.of(item, request, on_done, self.settings.bucketing)
+        """A task for ``item``, its bucket, priority (``_priority``) and sort score
+        (``_sort_score``) read from the item."""
+        return Task(
+            item,
+            request,
+            on_done,
+            priority=int(item.get("_priority", 0)),
+            bucket=self._bucketing(item),
+            score=item.get("_sort_score"),
+        )
 
     def put(
         self,
@@ -128,7 +137,8 @@ class Node:
                     self._wait_for_room(len(tasks), deadline)
                     now = self._clock()
                 dispatcher.enqueue(tasks, now)
-                act(dispatcher)
+                if dispatcher.wake or dispatcher.room:
+                    act(dispatcher)
         if borrowed is not None:
             self._workers.run(borrowed, tasks, on_worker=on_worker, by_worker=False)
         if dispatcher.dead:

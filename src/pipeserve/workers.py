@@ -169,12 +169,15 @@ class Workers:
             with self._lock:
                 self._dispatch.stats.errors += len(failures)
         pending = deliver_batch(batch, failures)
+        dispatcher = self._dispatch
         with self._lock:
-            self._dispatch.finished(instance, self._clock(), by_worker=by_worker)
-            act(self._dispatch)
-        if self._dispatch.dead:
+            dispatcher.finished(instance, self._clock(), by_worker=by_worker)
+            if dispatcher.wake or dispatcher.room:
+                act(dispatcher)
+        if dispatcher.dead:
             self.flush_dead()
-        flush(pending, on_worker=on_worker)
+        if pending:
+            flush(pending, on_worker=on_worker)
 
     def flush_dead(self) -> None:
         """Deliver the errors of the tasks the dispatcher dropped."""
