@@ -20,7 +20,7 @@ EXPORTS = {
     "MissingDependencyError", "NodeDescription", "NodeHealth", "NodeStatistics", "Options", "Overloaded",
     "PartialFailure", "Pipe", "PipeClosed", "PipeDescription", "PipeServeError", "PipeState", "RegistryError",
     "RemoteError", "RequestError", "RequestTimeout", "Status", "TensorSpec", "UnknownNameError", "WorkerDied",
-    "__version__", "list_backends", "list_filters", "pipe", "register_backend", "register_filter",
+    "__version__", "instance_count", "list_backends", "list_filters", "pipe", "register_backend", "register_filter",
     "register_lazy_backend",
 }  # fmt: skip
 

@@ -32,7 +32,7 @@ from .errors import (
 )
 from .events import Event
 from .filters import Status
-from .pipe import Pipe, PipeState, pipe
+from .pipe import Pipe, PipeState, instance_count, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
 from .signature import DATATYPES, TensorSpec
 from .statistics import Health, InstanceHealth, InstanceStatistics, NodeHealth, NodeStatistics
@@ -74,6 +74,7 @@ __all__ = [
     "UnknownNameError",
     "WorkerDied",
     "__version__",
+    "instance_count",
     "list_backends",
     "list_filters",
     "pipe",

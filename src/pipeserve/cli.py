@@ -1,6 +1,7 @@
 """The ``pipeserve`` command line.
 
 pipeserve demo                      the main job: the OCR service on bundled pages
+pipeserve serve CONFIG... [options] serve pipelines over HTTP and gRPC (Triton's protocol)
 pipeserve bench CONFIG [options]    load-test any pipeline configuration
 pipeserve backends                  list registered backends and filters
 pipeserve graph CONFIG [--format dot] [--png F] [--svg F]   draw a pipeline's graph
@@ -73,6 +74,27 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .server import Server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = Server(
+        args.configs,
+        host=args.host,
+        port=args.port,
+        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+        timeout=args.timeout / 1e3 if args.timeout else None,
+        drain_timeout=args.drain_timeout,
+        access_log=args.access_log,
+        cpu_count=args.cpu_count,
+        max_body=args.max_body,
+    )
+    server.run()
+    return 0
+
+
 def graph(args: argparse.Namespace) -> int:
     from .diagram import render, to_dot, to_mermaid
 
@@ -96,6 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="the main job: the OCR service on bundled pages")
     demo.add_argument("--seconds", type=float, default=10.0, help="measuring time per table row")
     demo.add_argument("--scheduler", action="store_true", help="instead: the scheduler on built-in backends")
+
+    served = commands.add_parser("serve", help="serve pipelines over HTTP and gRPC (Triton's protocol)")
+    served.add_argument("configs", nargs="+", metavar="CONFIG", help="TOML files, folders of them, or 'ocr'")
+    served.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    served.add_argument("--port", type=int, default=8000, help="HTTP port")
+    served.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (-1: no gRPC)")
+    served.add_argument("--timeout", type=float, default=0.0, help="default request deadline in ms (0: none)")
+    served.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish in-flight work on stop")
+    served.add_argument("--access-log", action="store_true", help="log id, model, status and latency per request")
+    served.add_argument("--cpu-count", type=int, default=None, help="cores the models share (default: all)")
+    served.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="largest request body in bytes")
 
     load = commands.add_parser("bench", help="load-test a pipeline configuration")
     load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline")
@@ -135,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bench":
         return bench(args)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "graph":
         return graph(args)
     print("backends:", ", ".join(pipeserve.list_backends()))

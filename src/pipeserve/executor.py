@@ -82,8 +82,8 @@ class Executor:
             plan = self.graph.plan(entry)
             node = self._single(plan)
             if node is None:
-                for request in group:
-                    Walk(self, plan, request, self._request_done).begin([request.item])
+                walks = [Walk(self, plan, request, self._request_done) for request in group]
+                walks[0].begin([request.item for request in group], walks=walks[1:])
                 continue
             deadlines = [r.deadline for r in group if r.deadline is not None]
             tasks = [node.make_task(r.item, r, self._single_done) for r in group]

@@ -1,0 +1,160 @@
+"""One served model: a pipe behind the Open Inference Protocol, with Triton's counters.
+
+A model serves its pipe's default entry. Its tensors are the entry's declared ``inputs`` and
+``outputs`` (see :mod:`pipeserve.signature`); a pipe that declares none takes one BYTES input
+``data`` holding a JSON document per item and returns one BYTES output ``result`` holding the
+item's result as JSON, so that any pipeline can be served.
+
+A request with a batch dimension of N becomes N items of the pipe, queued together so that they
+batch with everyone else's (NOTE [batch mapping] in :mod:`pipeserve.oip.batch`); the outputs are
+stacked back in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from .. import InputError, Pipe, TensorSpec, oip
+
+__all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel"]
+
+DEFAULT_INPUTS = (TensorSpec("data", "BYTES", (1,), "data", json=True),)
+DEFAULT_OUTPUTS = (TensorSpec("result", "BYTES", (1,), "result", json=True),)
+VERSION = "1"
+
+
+@dataclass
+class _Tally:
+    """Counters kept by the server (on its event loop thread)."""
+
+    success: int = 0
+    success_ns: int = 0
+    fail: int = 0
+    fail_ns: int = 0
+    items: int = 0
+    last_ms: int = 0
+
+
+class ServedModel:
+    """A loaded model.
+
+    Args:
+        name: the model's name.
+        pipe: the running pipe that serves it (the model owns it from now on).
+        source: where its configuration came from, for messages.
+
+    Raises:
+        ConfigError: the declared signature cannot be served.
+    """
+
+    def __init__(self, name: str, pipe: Pipe, source: str) -> None:
+        self.name = name
+        self.pipe = pipe
+        self.source = source
+        self.entry = pipe.entries[0]
+        described = pipe.describe()
+        entry = described.entries[self.entry]
+        self.inputs = entry.inputs or DEFAULT_INPUTS
+        self.outputs = entry.outputs or DEFAULT_OUTPUTS
+        oip.check_signature(self.inputs, self.outputs)
+        params = pipe.config.nodes[self.entry].params
+        high = entry.batch_range[1]
+        self.max_batch_size = int(params.get("max_batch_size", max(high, 1)))
+        node = described.nodes.get(self.entry)
+        self.description = oip.ModelDescription(
+            name=name,
+            inputs=self.inputs,
+            outputs=self.outputs,
+            version=VERSION,
+            platform="pipeserve",
+            max_batch_size=self.max_batch_size,
+            preferred_batch_sizes=(high,),
+            max_queue_delay_us=int(1000 * node.batching_timeout_ms) if node else 0,
+            instance_count=sum(n.instances for n in described.nodes.values()),
+        )
+        self._tally = _Tally()
+
+    # ----------------------------------------------------------------- inference
+    async def infer(self, request: oip.InferRequest, timeout: float | None = None) -> oip.InferResponse:
+        """Run a decoded request through the pipe.
+
+        Args:
+            request: validated against this model's inputs (the codecs do it).
+            timeout: seconds the pipe may take, or None; the request's own ``timeout``
+                parameter (microseconds) wins when it is shorter.
+
+        Raises:
+            InputError: a batch larger than ``max_batch_size``; RequestError: the pipe failed;
+            asyncio.CancelledError: the caller went away (the items are cancelled in the pipe).
+        """
+        start = time.perf_counter_ns()
+        try:
+            items = oip.split_batch(request.inputs, self.inputs)
+            if len(items) > self.max_batch_size:
+                raise InputError(
+                    f"model {self.name!r}: batch size {len(items)} exceeds max_batch_size {self.max_batch_size}"
+                )
+            asked = request.timeout_s
+            if asked is not None and (timeout is None or asked < timeout):
+                timeout = asked
+            await _outcomes(self.pipe.submit_many(items, timeout=timeout))
+            outputs = oip.stack_outputs(items, self.outputs)
+        except BaseException:
+            self._tally.fail += 1
+            self._tally.fail_ns += time.perf_counter_ns() - start
+            raise
+        tally = self._tally
+        tally.success += 1
+        tally.success_ns += time.perf_counter_ns() - start
+        tally.items += len(items)
+        tally.last_ms = int(time.time() * 1000)
+        return oip.InferResponse(self.name, tuple(outputs), model_version=VERSION, id=request.id)
+
+    def counters(self) -> oip.ModelCounters:
+        """Triton's statistics for this model: requests from the server's counts, queue and
+        compute from the pipe's statistics (every node's, each item charged its batch's time)."""
+        tally = self._tally
+        statistics = self.pipe.statistics()
+        queue_s = sum(node.queue_seconds for node in statistics.values())
+        compute_s = sum(node.compute_seconds * node.mean_batch_size for node in statistics.values())
+        entry = statistics.get(self.entry)
+        batches: dict[int, oip.Duration] = {}
+        if entry is not None:
+            per_batch_ns = int(1e6 * entry.mean_compute_ms)
+            batches = {size: oip.Duration(count, count * per_batch_ns) for size, count in entry.batch_sizes.items()}
+        return oip.ModelCounters(
+            name=self.name,
+            version=VERSION,
+            success=oip.Duration(tally.success, tally.success_ns),
+            fail=oip.Duration(tally.fail, tally.fail_ns),
+            queue=oip.Duration(tally.success, int(queue_s * 1e9)),
+            compute=oip.Duration(tally.success, int(compute_s * 1e9)),
+            inference_count=tally.items,
+            execution_count=entry.batches if entry is not None else 0,
+            last_inference_ms=tally.last_ms,
+            batches=batches,
+        )
+
+    def warm_up(self, samples: list[dict[str, Any]]) -> None:
+        """Run ``samples`` (item dicts) through the pipe once, blocking; errors propagate."""
+        if samples:
+            self.pipe([dict(sample) for sample in samples])
+
+
+async def _outcomes(futures: list[Future[dict[str, Any]]]) -> None:
+    """Wait for every item; on the first failure (or on cancellation) cancel the others, which
+    drops those still queued in the pipe, and raise."""
+    waiting = [asyncio.wrap_future(future) for future in futures]
+    try:
+        if len(waiting) == 1:
+            await waiting[0]
+        else:
+            await asyncio.gather(*waiting)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
