@@ -7,6 +7,12 @@ bash "$root/scripts/setup.sh" dev,ocr,serve
 # would pull GBs of CUDA packages); the torch tests skip cleanly where it is absent.
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
   || echo "torch==2.13.0 could not be installed: the PyTorch tests will be skipped"
+# Triton's perf_analyzer (the server tests drive it); the tool lives in ../shared/tools.
+tools="$root/../shared/tools"
+if [ -x "$tools/get-perf-analyzer.sh" ] || [ -f "$tools/get-perf-analyzer.sh" ]; then
+  bash "$tools/get-perf-analyzer.sh" "$root/.venv/perf_analyzer" >/dev/null \
+    || echo "perf_analyzer could not be installed: its tests will be skipped"
+fi
 cd "$root"
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks

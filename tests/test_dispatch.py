@@ -126,15 +126,26 @@ def test_admission_refuses_beyond_the_bound_or_asks_to_wait() -> None:
     dispatcher.borrow(1, 0.0)
     dispatcher.enqueue(tasks(2), 0.0)
     with pytest.raises(ps.Overloaded, match="queue full"):
-        dispatcher.has_room(1)
+        dispatcher.has_room(1, 0.0)
     assert dispatcher.stats.rejected == 1
     blocking, _ = make({"max": 1, "max_queue": 1, "overload": "block"})
     blocking.borrow(1, 0.0)
     blocking.enqueue(tasks(1), 0.0)
-    assert blocking.has_room(1) is False
+    assert blocking.has_room(1, 0.0) is False
     blocking.close()
     with pytest.raises(ps.PipeClosed):
-        blocking.has_room(1)
+        blocking.has_room(1, 0.0)
+
+
+def test_a_full_queue_drops_its_dead_tasks_before_refusing() -> None:
+    dispatcher, _ = make({"max": 1, "max_queue": 2})
+    dispatcher.borrow(1, 0.0)
+    cancelled, late = FakeRequest(), FakeRequest(deadline=1.0)
+    dispatcher.enqueue(tasks(1, cancelled) + tasks(1, late, 1), 0.0)
+    cancelled.finished = True
+    assert dispatcher.has_room(1, 2.0) and dispatcher.queue.size == 0
+    assert [type(error) for _, error in dispatcher.dead] == [ps.PipeClosed, ps.RequestTimeout]
+    assert dispatcher.stats.rejected == 0
 
 
 def test_nobody_borrows_while_batching_could_help() -> None:

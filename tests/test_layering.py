@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-OPTIONAL = ["numpy", "cv2", "onnxruntime", "torch", "ray", "starlette", "uvicorn", "PIL"]
+OPTIONAL = ["numpy", "cv2", "onnxruntime", "torch", "ray", "starlette", "uvicorn", "PIL", "grpc", "tritonclient"]
 
 
 def test_import_pulls_in_no_optional_dependency_and_starts_no_thread() -> None:

@@ -98,9 +98,11 @@ class Dispatcher:
         self.groups.sort(key=lambda g: (-g.max, g.index))
 
     # ----------------------------------------------------------------- admission
-    def has_room(self, count: int) -> bool:
+    def has_room(self, count: int, now: float) -> bool:
         """Whether ``count`` more items may be queued now; False when the queue is full and the
-        node blocks (``overload = "block"``): the caller waits for ``room`` and asks again.
+        node blocks (``overload = "block"``): the caller waits for ``room`` and asks again. A
+        full queue first drops its dead tasks (finished, cancelled or expired requests), which
+        must not hold places that live ones could take.
 
         Raises:
             PipeClosed: the node is closed.
@@ -109,6 +111,9 @@ class Dispatcher:
         if self.closed:
             raise PipeClosed(f"node {self.name!r} is closed", node=self.name)
         if not self.max_queue or self.queue.size + count <= self.max_queue:
+            return True
+        self._live(self.queue.remove_if(lambda task: task.request.finished or task.request.expired(now)), now)
+        if self.queue.size + count <= self.max_queue:
             return True
         if self.block:
             return False

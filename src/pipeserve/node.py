@@ -133,7 +133,7 @@ class Node:
                 dispatcher.expected.back(caller, now)
             borrowed = dispatcher.borrow(len(tasks), now) if inline else None
             if borrowed is None:
-                if not dispatcher.has_room(len(tasks)):
+                if not dispatcher.has_room(len(tasks), now):
                     self._wait_for_room(len(tasks), deadline)
                     now = self._clock()
                 dispatcher.enqueue(tasks, now)
@@ -156,7 +156,7 @@ class Node:
                 dispatcher.space.wait(wait)
             finally:
                 dispatcher.blocked -= 1
-            if dispatcher.has_room(count):
+            if dispatcher.has_room(count, self._clock()):
                 return
 
     def caller_returned(self, caller: int) -> None:

@@ -25,6 +25,7 @@ __all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel"]
 DEFAULT_INPUTS = (TensorSpec("data", "BYTES", (1,), "data", json=True),)
 DEFAULT_OUTPUTS = (TensorSpec("result", "BYTES", (1,), "result", json=True),)
 VERSION = "1"
+DEFAULT_MAX_BATCH = 64  # items per request unless the entry node sets max_batch_size
 
 
 @dataclass
@@ -63,7 +64,9 @@ class ServedModel:
         oip.check_signature(self.inputs, self.outputs)
         params = pipe.config.nodes[self.entry].params
         high = entry.batch_range[1]
-        self.max_batch_size = int(params.get("max_batch_size", max(high, 1)))
+        # Items of one request need not fit one batch (the pipe splits them), so the default
+        # lets a request carry more than the entry's ``max``.
+        self.max_batch_size = int(params.get("max_batch_size", max(high, DEFAULT_MAX_BATCH)))
         node = described.nodes.get(self.entry)
         self.description = oip.ModelDescription(
             name=name,
