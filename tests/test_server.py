@@ -442,3 +442,16 @@ def test_perf_analyzer_profiles_a_model(server: Server, protocol: str) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Throughput" in out.stdout and "Server:" in out.stdout and "queue" in out.stdout  # the server-side breakdown
+
+
+# ----------------------------------------------------------------- pipeserve bench --url
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_bench_drives_a_remote_model(server: Server, scheme: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeserve.cli import main
+
+    url = f"{scheme}://{server.url if scheme == 'http' else server.grpc_url}"
+    assert main(["bench", "noop", "--url", url, "--clients", "1,4", "--seconds", "0.5", "--data", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "clients" in line and "|" in line]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    assert [row[1] for row in rows] == ["1", "4"]
+    assert all(int(row[2].replace(",", "")) > 0 and row[3] == "0" for row in rows)  # requests done, no errors

@@ -2,7 +2,7 @@
 
 pipeserve demo                      the main job: the OCR service on bundled pages
 pipeserve serve CONFIG... [options] serve pipelines over HTTP and gRPC (Triton's protocol)
-pipeserve bench CONFIG [options]    load-test any pipeline configuration
+pipeserve bench CONFIG [options]    load-test any pipeline configuration (--url: a served model)
 pipeserve backends                  list registered backends and filters
 pipeserve graph CONFIG [--format dot] [--png F] [--svg F]   draw a pipeline's graph
 """
@@ -31,6 +31,8 @@ def _items_from(args: argparse.Namespace) -> list[Any]:
 
 
 def bench(args: argparse.Namespace) -> int:
+    if args.url:
+        return _bench_remote(args)
     payloads = _items_from(args)
     if args.config == "ocr":
         from .examples.ocr import config as ocr_config
@@ -72,6 +74,51 @@ def bench(args: argparse.Namespace) -> int:
         if args.stats:
             print(json.dumps(pipe.stats(), indent=2))
     return 0
+
+
+def _bench_remote(args: argparse.Namespace) -> int:
+    """``bench MODEL --url``: the same load generator against a server (HTTP or gRPC)."""
+    from .bench.remote import remote_call
+
+    payloads = _items_from(args)
+    call = remote_call(args.url, args.config)
+
+    def make_item(index: int) -> dict[str, Any]:
+        return {"data": payloads[index % len(payloads)]}
+
+    try:
+        rows = _remote_rows(args, call, make_item)
+    finally:
+        call.close()
+    print(format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"]))
+    return 0
+
+
+def _remote_rows(args: argparse.Namespace, call: Any, make_item: Any) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = []
+    for clients in args.clients:
+        if args.rate:
+            with ThreadPoolExecutor(max(64, max(args.clients))) as pool:
+                result = run_open_loop(
+                    lambda item: pool.submit(call, item),
+                    make_item,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    label=f"{args.rate}/s",
+                    progress=sys.stderr,
+                )
+        else:
+            result = run_closed_loop(
+                call, make_item, clients=clients, seconds=args.seconds, label=f"{clients} clients", progress=sys.stderr
+            )
+        rows.append(result.summary())
+        if result.first_error:
+            print(f"first error: {result.first_error}", file=sys.stderr)
+        if args.rate:
+            break
+    return rows
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -131,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     served.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="largest request body in bytes")
 
     load = commands.add_parser("bench", help="load-test a pipeline configuration")
-    load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline")
+    load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline (with --url: a model name)")
+    load.add_argument("--url", help="drive a server instead: http://HOST:PORT or grpc://HOST:PORT")
     load.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
     load.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (instead of clients)")
     load.add_argument("--seconds", type=float, default=5.0)
