@@ -73,8 +73,13 @@ class Executor:
             return
         Walk(self, plan, request, self._request_done).begin([request.item], inline=inline)
 
-    def start_many(self, requests: Sequence[Request]) -> None:
-        """Send several requests at once, so that those sharing an entry may share a batch."""
+    def start_many(self, requests: Sequence[Request], *, cheap_inline: bool = False) -> None:
+        """Send several requests at once, so that those sharing an entry may share a batch.
+
+        With ``cheap_inline``, the calling thread (an event loop, which must not block on costly
+        work) runs the entry's batch itself where the entry node is cheap and an instance idle,
+        and hands on as a worker does (NOTE [hand-off]).
+        """
         by_entry: dict[str, list[Request]] = {}
         for request in requests:
             by_entry.setdefault(request.entry, []).append(request)
@@ -83,11 +88,14 @@ class Executor:
             node = self._single(plan)
             if node is None:
                 walks = [Walk(self, plan, request, self._request_done) for request in group]
-                walks[0].begin([request.item for request in group], walks=walks[1:])
+                walks[0].begin([request.item for request in group], walks=walks[1:], cheap_inline=cheap_inline)
                 continue
             deadlines = [r.deadline for r in group if r.deadline is not None]
             tasks = [node.make_task(r.item, r, self._single_done) for r in group]
-            node.put(tasks, min(deadlines) if deadlines else None, group[0].caller)
+            run_here = cheap_inline and node.cheap
+            node.put(
+                tasks, min(deadlines) if deadlines else None, group[0].caller, inline=run_here, on_worker=cheap_inline
+            )
 
     def _single(self, plan: Plan) -> Node | None:
         if len(plan.nodes) != 1 or self.graph.nodes[plan.entry].kind != COMPUTE:
@@ -188,9 +196,13 @@ class Walk:
             if scheduler is not None:
                 scheduler.add_upstream(-1)
 
-    def begin(self, items: list[Item], *, walks: Sequence[Walk] = (), inline: bool = False) -> None:
+    def begin(
+        self, items: list[Item], *, walks: Sequence[Walk] = (), inline: bool = False, cheap_inline: bool = False
+    ) -> None:
         """Start this walk (and ``walks``, siblings with the same plan) at the entry with
-        ``items``, one per walk; siblings' first tasks are queued together."""
+        ``items``, one per walk; siblings' first tasks are queued together. ``inline``: a
+        blocking caller may run the entry on its thread; ``cheap_inline``: an event loop may,
+        where the entry node is cheap (see :meth:`Executor.start_many`)."""
         group = [self, *walks]
         self._count_upstream(group)
         entry = self.graph.nodes[self.plan.entry]
@@ -208,7 +220,8 @@ class Walk:
                 walk.running += 1
         try:
             # A blocking caller may run the entry inline; its hand-offs then follow (NOTE [hand-off]).
-            node.put(tasks, self.root.deadline, self.root.caller, inline=inline and self.root.caller is not None)
+            run_here = (inline and self.root.caller is not None) or (cheap_inline and node.cheap)
+            node.put(tasks, self.root.deadline, self.root.caller, inline=run_here, on_worker=cheap_inline)
         except PipeServeError as exc:
             for walk in group:
                 with walk.lock:

@@ -197,9 +197,16 @@ class Pipe:
             raise
         return future
 
-    def submit_many(self, items: list[Item], *, timeout: float | None = None) -> list[Future[Item]]:
+    def submit_many(
+        self, items: list[Item], *, timeout: float | None = None, inline: bool = False
+    ) -> list[Future[Item]]:
         """Queue several items together (those sharing an entry may share a batch) and return a
         Future for each, as :meth:`submit` does for one.
+
+        With ``inline``, the calling thread runs the entry's batch itself where the entry node is
+        *cheap* (measured cheaper than a thread hand-off) and an instance is idle: for an event
+        loop, which must never block on costly work but loses more to a hand-off than such a
+        node costs. The Futures are then already done on return.
 
         Raises:
             InputError, Overloaded, PipeClosed: an item was not admitted (then none is queued).
@@ -211,7 +218,7 @@ class Pipe:
             futures = [request.attach_future() for request in requests]
             for request in requests:
                 self._deadlines.watch(request)
-            self._executor.start_many(requests)
+            self._executor.start_many(requests, cheap_inline=inline)
         except BaseException as exc:
             for request in requests:
                 request.fail(exc)  # no-op for those that already have an outcome

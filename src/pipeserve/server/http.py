@@ -161,7 +161,10 @@ class HttpApp:
             elif key == b"accept-encoding":
                 accept = value
         request = oip.http_codec.decode_request(body, header_length, inputs=model.inputs, outputs=model.outputs)
-        response = await _unless_gone(model.infer(request, self.state.timeout), receive)
+        submitted = model.submit(request, self.state.timeout)
+        if not submitted.done:
+            await _unless_gone(model.wait(submitted), receive)
+        response = model.respond(submitted)
         payload, json_length = oip.http_codec.encode_response(response, request)
         headers = [(b"content-type", b"application/octet-stream" if json_length is not None else b"application/json")]
         if json_length is not None:
@@ -172,21 +175,30 @@ class HttpApp:
         return 200, name, request.id
 
 
-async def _unless_gone(work: Awaitable[oip.InferResponse], receive: Receive) -> oip.InferResponse:
-    """``work``'s result, unless the client disconnects first (NOTE [disconnect])."""
-    task = asyncio.ensure_future(work)
+async def _unless_gone(work: Awaitable[None], receive: Receive) -> None:
+    """``work``'s result, unless the client disconnects first (NOTE [disconnect]): a watcher
+    task waits for the disconnect and cancels this task if it comes first."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    def cancel_work(watcher: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            current.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher.add_done_callback(cancel_work)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await work
     except asyncio.CancelledError:
-        task.cancel()
+        if gone:
+            raise _Gone() from None
         raise
     finally:
+        watcher.remove_done_callback(cancel_work)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise _Gone()
-    return task.result()
 
 
 async def _disconnected(receive: Receive) -> None:

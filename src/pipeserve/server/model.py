@@ -20,12 +20,32 @@ from typing import Any
 
 from .. import InputError, Pipe, TensorSpec, oip
 
-__all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel"]
+__all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel", "Submitted"]
 
 DEFAULT_INPUTS = (TensorSpec("data", "BYTES", (1,), "data", json=True),)
 DEFAULT_OUTPUTS = (TensorSpec("result", "BYTES", (1,), "result", json=True),)
 VERSION = "1"
 DEFAULT_MAX_BATCH = 64  # items per request unless the entry node sets max_batch_size
+
+
+@dataclass
+class Submitted:
+    """A request whose items are in the pipe.
+
+    Attributes:
+        request: the decoded request; items: its items, updated in place by the pipe;
+        futures: one per item; start: when it arrived (``perf_counter_ns``).
+    """
+
+    request: oip.InferRequest
+    items: list[dict[str, Any]]
+    futures: list[Future[dict[str, Any]]]
+    start: int
+
+    @property
+    def done(self) -> bool:
+        """Every item has its outcome (always so when the entry ran inline)."""
+        return all(future.done() for future in self.futures)
 
 
 @dataclass
@@ -83,16 +103,23 @@ class ServedModel:
 
     # ----------------------------------------------------------------- inference
     async def infer(self, request: oip.InferRequest, timeout: float | None = None) -> oip.InferResponse:
-        """Run a decoded request through the pipe.
-
-        Args:
-            request: validated against this model's inputs (the codecs do it).
-            timeout: seconds the pipe may take, or None; the request's own ``timeout``
-                parameter (microseconds) wins when it is shorter.
+        """Run a decoded request through the pipe: :meth:`submit`, :meth:`wait`, :meth:`respond`.
 
         Raises:
             InputError: a batch larger than ``max_batch_size``; RequestError: the pipe failed;
             asyncio.CancelledError: the caller went away (the items are cancelled in the pipe).
+        """
+        submitted = self.submit(request, timeout)
+        if not submitted.done:
+            await self.wait(submitted)
+        return self.respond(submitted)
+
+    def submit(self, request: oip.InferRequest, timeout: float | None = None) -> Submitted:
+        """Split ``request`` into items and queue them together (a cheap entry runs them on this
+        thread at once, see :meth:`pipeserve.Pipe.submit_many`).
+
+        ``timeout`` bounds the request in seconds; the request's own ``timeout`` parameter
+        (microseconds) wins when it is shorter.
         """
         start = time.perf_counter_ns()
         try:
@@ -104,18 +131,52 @@ class ServedModel:
             asked = request.timeout_s
             if asked is not None and (timeout is None or asked < timeout):
                 timeout = asked
-            await _outcomes(self.pipe.submit_many(items, timeout=timeout))
-            outputs = oip.stack_outputs(items, self.outputs)
+            futures = self.pipe.submit_many(items, timeout=timeout, inline=True)
         except BaseException:
-            self._tally.fail += 1
-            self._tally.fail_ns += time.perf_counter_ns() - start
+            self._failed(start)
+            raise
+        return Submitted(request, items, futures, start)
+
+    async def wait(self, submitted: Submitted) -> None:
+        """Wait until every item has its outcome; on the first failure, or if the waiting task
+        is cancelled, cancel the others (those still queued are dropped) and raise."""
+        futures = submitted.futures
+        waiting = [asyncio.wrap_future(future) for future in futures]
+        try:
+            if len(waiting) == 1:
+                await waiting[0]
+            else:
+                await asyncio.gather(*waiting)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            self._failed(submitted.start)
+            raise
+
+    def respond(self, submitted: Submitted) -> oip.InferResponse:
+        """The response of a finished request: its items' outputs stacked back in order.
+
+        Raises:
+            RequestError: an item failed (the first in order); ContractError: the outputs do not
+                fit the declared ones.
+        """
+        try:
+            for future in submitted.futures:
+                future.result(0)
+            outputs = oip.stack_outputs(submitted.items, self.outputs)
+        except BaseException:
+            self._failed(submitted.start)
             raise
         tally = self._tally
         tally.success += 1
-        tally.success_ns += time.perf_counter_ns() - start
-        tally.items += len(items)
+        tally.success_ns += time.perf_counter_ns() - submitted.start
+        tally.items += len(submitted.items)
         tally.last_ms = int(time.time() * 1000)
-        return oip.InferResponse(self.name, tuple(outputs), model_version=VERSION, id=request.id)
+        return oip.InferResponse(self.name, tuple(outputs), model_version=VERSION, id=submitted.request.id)
+
+    def _failed(self, start: int) -> None:
+        self._tally.fail += 1
+        self._tally.fail_ns += time.perf_counter_ns() - start
 
     def counters(self) -> oip.ModelCounters:
         """Triton's statistics for this model: requests from the server's counts, queue and
@@ -146,18 +207,3 @@ class ServedModel:
         """Run ``samples`` (item dicts) through the pipe once, blocking; errors propagate."""
         if samples:
             self.pipe([dict(sample) for sample in samples])
-
-
-async def _outcomes(futures: list[Future[dict[str, Any]]]) -> None:
-    """Wait for every item; on the first failure (or on cancellation) cancel the others, which
-    drops those still queued in the pipe, and raise."""
-    waiting = [asyncio.wrap_future(future) for future in futures]
-    try:
-        if len(waiting) == 1:
-            await waiting[0]
-        else:
-            await asyncio.gather(*waiting)
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        raise

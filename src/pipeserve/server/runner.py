@@ -153,6 +153,8 @@ class Server:
                 access_log=False,
                 timeout_graceful_shutdown=int(self.drain_timeout) or 1,
                 timeout_keep_alive=30,
+                proxy_headers=False,  # a middleware on every request; we bind loopback by default
+                server_header=False,
             )
             self._uvicorn = _Uvicorn(config, self)
             if signals:
