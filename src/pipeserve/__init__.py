@@ -32,7 +32,8 @@ from .errors import (
 )
 from .events import Event
 from .filters import Status
-from .pipe import Pipe, PipeState, instance_count, pipe
+from .graph import instance_count
+from .pipe import Pipe, PipeState, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
 from .signature import DATATYPES, TensorSpec
 from .statistics import Health, InstanceHealth, InstanceStatistics, NodeHealth, NodeStatistics

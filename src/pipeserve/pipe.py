@@ -31,7 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .budget import machine_cores, share
-from .config import get_float, get_int, load_config
+from .config import get_float, load_config
 from .description import EntryDescription, NodeDescription, PipeDescription
 from .errors import InputError, PipeClosed
 from .events import Event
@@ -44,7 +44,7 @@ from .settings import NodeSettings
 from .signature import parse_signature
 from .statistics import Health, NodeHealth, NodeStatistics
 
-__all__ = ["Pipe", "PipeState", "instance_count", "pipe"]
+__all__ = ["Pipe", "PipeState", "pipe"]
 
 Item = dict[str, Any]
 Config = str | os.PathLike[str] | Mapping[str, Any]
@@ -79,23 +79,6 @@ def pipe(
             optional package is absent.
     """
     return Pipe(config, timeout=timeout, cpu_count=cpu_count, clock=clock)
-
-
-def instance_count(config: Config) -> int:
-    """How many instances a pipe built from ``config`` would run (all nodes, all bucket groups),
-    without building it: what a host of several pipes needs to share the cores among them.
-
-    Raises:
-        ConfigError: the configuration is invalid.
-    """
-    loaded = load_config(config)
-    graph = Graph.from_config(loaded.nodes)
-    total = 0
-    for name, node in graph.nodes.items():
-        if node.kind == COMPUTE and node.physical == name:
-            groups = loaded.nodes[name].groups
-            total += sum(get_int(group, "instance_num", 1, node=name, minimum=1) for group in groups)
-    return total
 
 
 class Pipe:
