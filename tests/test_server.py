@@ -455,3 +455,19 @@ def test_bench_drives_a_remote_model(server: Server, scheme: str, capsys: pytest
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
     assert [row[1] for row in rows] == ["1", "4"]
     assert all(int(row[2].replace(",", "")) > 0 and row[3] == "0" for row in rows)  # requests done, no errors
+
+
+def test_the_models_of_one_server_share_the_cores(tmp_path: Path) -> None:
+    from pipeserve.server import Repository
+
+    for name, count in (("a", 2), ("b", 6)):
+        (tmp_path / f"{name}.toml").write_text(f'[main]\nbackend = "Identity"\ninstance_num = {count}\n')
+    repository = Repository([str(tmp_path)], cpu_count=16)
+    repository.load_all()
+    try:
+        nodes = {m.name: m.pipe.describe().nodes["main"] for m in repository.ready_models()}
+        assert {name: node.instances for name, node in nodes.items()} == {"a": 2, "b": 6}
+        # 16 cores over 8 instances: 2 threads each, whichever model was built first.
+        assert {name: node.cpu_threads for name, node in nodes.items()} == {"a": 2, "b": 2}
+    finally:
+        repository.close(5)

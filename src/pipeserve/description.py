@@ -23,6 +23,7 @@ class NodeDescription:
         backend: its backend expression (of the first bucket group).
         instance_kind: ``thread`` or ``process``.
         instances: how many instances it runs (all groups together).
+        cpu_threads: the threads each instance may use (its share of the pipe's CPU budget).
         batch_range: the smallest and largest batch it runs.
         batching_timeout_ms: its longest batching window, in milliseconds.
         max_queue: its queue bound in items (0: none).
@@ -32,6 +33,7 @@ class NodeDescription:
     backend: str
     instance_kind: str
     instances: int
+    cpu_threads: int
     batch_range: tuple[int, int]
     batching_timeout_ms: float
     max_queue: int

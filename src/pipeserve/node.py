@@ -65,6 +65,11 @@ class Node:
         """The node's instances, in order (for diagnostics; their state is the node's)."""
         return tuple(self._workers.instances)
 
+    @property
+    def cpu_threads(self) -> int:
+        """The threads each instance may use."""
+        return self._workers.cpu_threads
+
     def share_cpu(self, threads: int) -> None:
         """Set each instance's CPU budget (before :meth:`start`)."""
         self._workers.cpu_threads = max(1, threads)

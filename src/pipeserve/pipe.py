@@ -304,6 +304,7 @@ class Pipe:
                 backend=str(node.config.groups[0].get("backend", "Identity")),
                 instance_kind="process" if node.settings.process else "thread",
                 instances=len(node.instances),
+                cpu_threads=node.cpu_threads,
                 batch_range=node.batch_range,
                 batching_timeout_ms=max(get_float(g, "batching_timeout", 0.0, node=name) for g in node.config.groups),
                 max_queue=node.settings.max_queue,

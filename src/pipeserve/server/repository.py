@@ -65,7 +65,8 @@ class Repository:
                 self._configs[name] = (config, folder)
         self._models: dict[str, ServedModel] = {}
         self._states: dict[str, ModelState] = {}
-        self._lock = threading.Lock()  # guards the two dicts; builds happen outside it
+        self._instances: dict[str, int] = {name: instance_count(config) for name, (config, _) in self._configs.items()}
+        self._lock = threading.Lock()  # guards the dicts; builds happen outside it
 
     # ----------------------------------------------------------------- serving
     def get(self, name: str) -> ServedModel:
@@ -105,6 +106,9 @@ class Repository:
         Raises:
             PipeServeError: a model failed to load; those loaded before are closed again.
         """
+        with self._lock:
+            for name in self._configs:  # they will share the cores: count them all from the start
+                self._states.setdefault(name, ModelState(name, "LOADING"))
         try:
             for name in list(self._configs):
                 self.load(name)
@@ -172,8 +176,7 @@ class Repository:
 
     # ----------------------------------------------------------------- building
     def _build(self, name: str, source: Config, folder: Path | None) -> ServedModel:
-        served = self._share(source)
-        built: Pipe = pipe(source, cpu_count=served)
+        built: Pipe = pipe(source, cpu_count=self._share(name, source))
         try:
             model = ServedModel(name, built, str(source) if not isinstance(source, Mapping) else name)
             model.warm_up(_warm_up_items(model, folder))
@@ -182,14 +185,16 @@ class Repository:
             raise
         return model
 
-    def _share(self, source: Config) -> int:
-        """Cores for a new pipe: every configured model's instances share the machine, so this
-        one gets its instances' part of it (at least one thread each)."""
+    def _share(self, name: str, source: Config) -> int:
+        """Cores for model ``name``'s new pipe: the instances of every model that is loaded or
+        loading share the machine, so this one gets its instances' part of it (at least one
+        thread each)."""
         mine = instance_count(source)
+        self._instances[name] = mine
         with self._lock:
-            others = sum(m.description.instance_count for m in self._models.values())
-        total = max(1, mine + others)
-        return max(mine, self.cpu_count * mine // total)
+            sharing = {n for n, state in self._states.items() if state.state in ("LOADING", "READY")} - {name}
+            others = sum(self._instances.get(n, 0) for n in sharing)
+        return max(mine, self.cpu_count * mine // max(1, mine + others))
 
 
 def _expand(source: str) -> list[tuple[str, Config, Path | None]]:
