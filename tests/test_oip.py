@@ -11,6 +11,7 @@ import math
 import struct
 import subprocess
 import sys
+from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import numpy as np
@@ -758,6 +759,138 @@ def test_error_body_is_the_protocols() -> None:
     assert json.loads(error_body("input 'x': bad \u00e9")) == {"error": "input 'x': bad \u00e9"}
     with pytest.raises(InputError, match="the server answered with an error: boom"):
         http_codec.decode_response(error_body("boom"), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path (NOTE [fast path]): the same results as the general code, faults worded by it
+
+
+def _same_request(fast: InferRequest, general: InferRequest) -> None:
+    assert (fast.id, fast.outputs, fast.parameters) == (general.id, general.outputs, general.parameters)
+    assert [t.name for t in fast.inputs] == [t.name for t in general.inputs]
+    for tensor, expected in zip(fast.inputs, general.inputs, strict=True):
+        assert_same(tensor, expected.data)
+        assert tensor.data.flags.writeable and tensor.data.dtype == expected.data.dtype
+
+
+def _decode_both(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, length: int | None, inputs: tuple[TensorSpec, ...], outputs: Any = ()
+) -> tuple[InferRequest, InferRequest, int]:
+    """Decode ``body`` as a server does, then by the general path alone; and how often the general path ran."""
+    calls = []
+    general = http_codec.check_request
+
+    def counting(*args: Any) -> InferRequest:
+        calls.append(1)
+        return general(*args)
+
+    monkeypatch.setattr(http_codec, "check_request", counting)
+    fast = http_codec.decode_request(body, length, inputs=inputs, outputs=outputs)
+    fast_calls = len(calls)
+    monkeypatch.setattr(http_codec, "_decode_fast", lambda *args: None)
+    return fast, http_codec.decode_request(body, length, inputs=inputs, outputs=outputs), fast_calls
+
+
+@pytest.mark.parametrize("datatype", JSON_TYPES)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("form", ["binary", "flat", "nested"])
+def test_usual_requests_take_the_fast_path_to_the_same_request(
+    monkeypatch: pytest.MonkeyPatch, datatype: str, batch: int, form: str
+) -> None:
+    data = sample(datatype, (batch, 3))
+    request = InferRequest(
+        (Tensor("t", datatype, data), Tensor("s", "FP32", np.arange(batch, dtype=np.float32).reshape(batch, 1))),
+        id="r",
+        outputs=(RequestedOutput("out", True),),
+        parameters={"timeout": 9, "binary_data_output": True},
+    )
+    body, length = http_codec.encode_request(request, binary=form == "binary")
+    if form == "nested":
+        document = json.loads(body)
+        document["inputs"][0]["data"] = np.array(document["inputs"][0]["data"], dtype=object).reshape(batch, 3).tolist()
+        body, length = body_of(document)
+    inputs = (spec("s", "FP32", (1,)), spec("t", datatype, (3,)))  # declared in another order
+    fast, general, general_calls = _decode_both(monkeypatch, body, length, inputs, (spec("out", "FP32", (1,)),))
+    # numpy reads [0, 2**64 - 1] as floats, and strings are read flat: those go the general way.
+    unusual = (datatype == "UINT64" and form != "binary") or (datatype == "BYTES" and form == "nested")
+    assert general_calls == (1 if unusual else 0)
+    assert [t.name for t in fast.inputs] == ["s", "t"]
+    _same_request(fast, general)
+
+
+@pytest.mark.parametrize(
+    ("entry", "declared"),
+    [
+        ({"datatype": "INT32", "shape": [2, 3], "data": [[1, 2], [3, 4], [5, 6]]}, (3,)),  # another nesting
+        ({"datatype": "INT32", "shape": [2, 3], "data": [[1, 2, 3, 4], [5], [6]]}, (3,)),  # ragged
+        ({"datatype": "UINT64", "shape": [1, 2], "data": [0, 2**64 - 1]}, (2,)),  # beyond int64
+        ({"datatype": "FP32", "shape": [1, 0], "data": []}, (-1,)),  # no elements
+        ({"datatype": "BYTES", "shape": [2, 1], "data": [["a"], ["\u00e9"]]}, (1,)),  # nested strings
+        ({"datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4], "parameters": {"p": "custom"}}, (-1,)),
+    ],
+)
+def test_unusual_valid_requests_decode_the_same_either_way(
+    monkeypatch: pytest.MonkeyPatch, entry: dict[str, Any], declared: tuple[int, ...]
+) -> None:
+    body, length = body_of({"inputs": [{"name": "x", **entry}]})
+    fast, general, _ = _decode_both(monkeypatch, body, length, (spec("x", entry["datatype"], declared),))
+    _same_request(fast, general)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b' {"inputs": []} ',
+        b'{"inputs": []}\n',
+        b"\xef\xbb\xbf" + b'{"inputs": []}',
+        '{"inputs": []}'.encode("utf-16-le"),
+        '{"inputs": [], "id": "\u00e9"}'.encode(),
+    ],
+    ids=["spaces", "newline", "utf8-bom", "utf16", "non-ascii"],
+)
+def test_bodies_are_read_as_json_loads_reads_them(body: bytes) -> None:
+    with pytest.raises(InputError, match="the request has no inputs"):
+        http_codec.decode_request(body, None, inputs=(), outputs=())
+    with pytest.raises(InputError, match="malformed JSON in the request: Extra data"):
+        http_codec.decode_request(b'{"inputs": []} {}', None, inputs=(), outputs=())
+
+
+def test_responses_are_written_as_json_dumps_writes_them() -> None:
+    tensors = (
+        Tensor("a\u00e9", "FP32", np.array([[1.5, np.nan], [np.inf, -0.0]], np.float32)),
+        Tensor("b", "BOOL", np.array([True, False])),
+        Tensor("c", "BYTES", np.array([['\u00e9"'.encode()]], dtype=object)),
+        Tensor("d", "INT8", np.zeros((1, 0, 2), np.int8)),
+    )
+    response = InferResponse("m\u00e9", tensors, model_version="2", id='q"', parameters={"p": 0.5, "s": "\u00e9"})
+    body, length = http_codec.encode_response(response)
+    entries = [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": t.data.reshape(-1).tolist()}
+        for t in tensors
+    ]
+    entries[2]["data"] = ['\u00e9"']
+    document = {"model_name": "m\u00e9", "model_version": "2", "id": 'q"', "parameters": response.parameters}
+    assert (body, length) == (json.dumps({**document, "outputs": entries}, separators=(",", ":")).encode(), None)
+
+
+def test_one_item_outputs_own_their_memory_as_stacked_ones_do() -> None:
+    value = np.array([0.5, 1.5], np.float32)
+    (single,) = stack_outputs([{"x": value}], (spec("x", "FP32", (2,)),))
+    (double,) = stack_outputs([{"x": value}, {"x": value}], (spec("x", "FP32", (2,)),))
+    assert single.data.tolist() == [[0.5, 1.5]] and double.data.tolist() == [[0.5, 1.5]] * 2
+    for tensor in (single, double):
+        assert not np.shares_memory(tensor.data, value) and tensor.data.flags.c_contiguous
+
+
+def test_messages_stay_frozen_value_objects() -> None:
+    request = InferRequest((f32("x", 1, 4),), id="a")
+    assert request.parameters == {} and request.parameters is not InferRequest(()).parameters
+    assert replace(request, id="b").id == "b" and replace(request, id="b").inputs == request.inputs
+    response = InferResponse("m", ())
+    assert response == InferResponse("m", (), model_version="1", id="", parameters={})
+    for message, field in ((request, "id"), (response, "id"), (request.inputs[0], "name")):
+        with pytest.raises(FrozenInstanceError):
+            setattr(message, field, "z")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ Modules, one idea each:
 - :mod:`.validate`: a request against the declared signature, one set of messages for both transports.
 - :mod:`.batch`: a batched request to items and the items' results back to tensors.
 - :mod:`.http_tensors`, :mod:`.http_codec`: HTTP/JSON bodies with binary data.
+- :mod:`.plan`, :mod:`.http_fast`: what a signature means for every request, worked out once,
+  and the fast path that a usual, valid request takes (NOTE [fast path]).
 - :mod:`.grpc_codec`, :mod:`.stubs`: gRPC messages, the generated modules loaded lazily.
 - :mod:`.metadata`, :mod:`.statistics`: model metadata, configuration and statistics.
 """

@@ -31,7 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import ConfigError, ContractError, InputError, TensorSpec
-from .tensor import Tensor, coerce, shape_text
+from .plan import Plan, SpecPlan, plan_of
+from .tensor import Tensor, coerce, make_tensor, shape_text
 from .validate import batch_size, shape_matches
 
 __all__ = ["check_signature", "split_batch", "stack_outputs"]
@@ -65,22 +66,37 @@ def split_batch(tensors: Sequence[Tensor], specs: Sequence[TensorSpec]) -> list[
         KeyError: a spec without a tensor (the request was not validated).
     """
     size = batch_size(tensors)
-    items: list[dict[str, Any]] = [{} for _ in range(size)]
-    by_name = {tensor.name: tensor for tensor in tensors}
-    for spec in specs:
-        data = by_name[spec.name].data
-        if spec.json:
-            _one_element_shape(spec)
-            for index, (item, element) in enumerate(zip(items, data.reshape(size), strict=True)):
-                item[spec.key] = _parse_json(spec, element, index)
-        elif spec.datatype == "BYTES" and all(d == 1 for d in spec.shape):
-            elements = data.reshape(size)  # one element per item
-            for index, item in enumerate(items):
-                item[spec.key] = elements[index]
+    items: list[dict[str, Any]] = [{}] if size == 1 else [{} for _ in range(size)]
+    plan = plan_of(specs)
+    by_name = None if _in_declared_order(tensors, plan) else {tensor.name: tensor for tensor in tensors}
+    for facts in plan.specs:
+        data = (tensors[facts.index] if by_name is None else by_name[facts.name]).data
+        key = facts.key
+        if facts.json:
+            if not facts.one_element:
+                _one_element_shape(facts.spec)  # raises
+            for index, (item, element) in enumerate(zip(items, data.reshape(size).tolist(), strict=True)):
+                item[key] = _parse_json(facts.spec, element, index)
+        elif facts.element:
+            for item, element in zip(items, data.reshape(size).tolist(), strict=True):
+                item[key] = element  # one element per item
+        elif size == 1:
+            items[0][key] = data[0, ...]
         else:
             for index, item in enumerate(items):
-                item[spec.key] = data[index, ...]  # "..." keeps a 0-d array for a scalar per item
+                item[key] = data[index, ...]  # "..." keeps a 0-d array for a scalar per item
     return items
+
+
+def _in_declared_order(tensors: Sequence[Tensor], plan: Plan) -> bool:
+    """Whether ``tensors`` are the declared inputs in declared order (as check_request leaves them)."""
+    specs = plan.specs
+    if not plan.unique or len(tensors) != len(specs):
+        return False
+    for index, facts in enumerate(specs):
+        if tensors[index].name != facts.name:
+            return False
+    return True
 
 
 def stack_outputs(items: Sequence[Mapping[str, Any]], specs: Sequence[TensorSpec]) -> list[Tensor]:
@@ -92,15 +108,24 @@ def stack_outputs(items: Sequence[Mapping[str, Any]], specs: Sequence[TensorSpec
             output and the item index. These are the pipeline's faults, not the client's.
         ConfigError: a ``json`` output declared with room for more than one element.
     """
-    tensors = []
-    for spec in specs:
-        values = []
-        for index, item in enumerate(items):
-            if spec.key not in item:
-                raise ContractError(
-                    f"output {spec.name!r}: item {index} has no key {spec.key!r} (its keys: {sorted(item)})"
-                )
-            values.append(_item_array(spec, item[spec.key], index))
+    return [_stack(items, facts) for facts in plan_of(specs).specs]
+
+
+def _stack(items: Sequence[Mapping[str, Any]], facts: SpecPlan) -> Tensor:
+    spec, key = facts.spec, facts.key
+    # Numeric arrays that already have the declared dtype and shape are taken as they are (what
+    # _item_array would return for them); anything else is converted there (NOTE [fast path]).
+    dtype = facts.dtype if facts.allowed and not facts.json else None  # numeric only
+    fixed = facts.fixed
+    values = []
+    for index, item in enumerate(items):
+        if key not in item:
+            raise ContractError(f"output {spec.name!r}: item {index} has no key {key!r} (its keys: {sorted(item)})")
+        value = item[key]
+        if dtype is None or type(value) is not np.ndarray or value.dtype != dtype or value.shape != fixed:
+            value = _item_array(spec, value, index)
+        values.append(value)
+    if fixed is None:  # a varying dimension: the items must agree on it
         for index, value in enumerate(values[1:], start=1):
             if value.shape != values[0].shape:
                 raise ContractError(
@@ -108,15 +133,24 @@ def stack_outputs(items: Sequence[Mapping[str, Any]], specs: Sequence[TensorSpec
                     f"{shape_text(values[0].shape)}; outputs are stacked along the batch dimension, so per-item "
                     "shapes must agree (declare it json = true for values that vary per item)"
                 )
-        data = np.stack(values) if values else coerce(np.empty((0, *(max(d, 0) for d in spec.shape))), spec.datatype)
-        tensors.append(Tensor(spec.name, spec.datatype, data))
-    return tensors
+    if not values:
+        data = coerce(np.empty((0, *(max(d, 0) for d in spec.shape))), spec.datatype)
+        return Tensor(spec.name, spec.datatype, data)
+    if len(values) == 1:
+        data = values[0][np.newaxis].copy()  # what np.stack makes of one array, without its overhead
+    elif dtype is not None:
+        data = np.array(values, dtype=dtype)  # same dtype and shape: numpy stacks them in one call
+    else:
+        data = np.stack(values)
+    if facts.json and spec.datatype != "BYTES":
+        return Tensor(spec.name, spec.datatype, data)  # refuses the documents: a misdeclared spec
+    return make_tensor(spec.name, spec.datatype, data)  # the values have the datatype's dtype
 
 
 def _item_array(spec: TensorSpec, value: Any, index: int) -> NDArray[Any]:
     if spec.json:
         try:
-            document = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_plain)
+            document = _DOCUMENT.encode(value)
         except (TypeError, ValueError) as error:
             raise ContractError(f"output {spec.name!r}: item {index} is not JSON-serialisable: {error}") from None
         return np.array([document.encode("utf-8")], dtype=object).reshape(_one_element_shape(spec))
@@ -155,3 +189,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+# json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_plain), its encoder made once.
+_DOCUMENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_plain)

@@ -82,6 +82,9 @@ DATATYPES: dict[str, DataType] = {
 
 _BY_CONFIG = {row.config: row.name for row in DATATYPES.values()}
 
+# Every dtype but BF16's, made once (BF16's comes from an optional package, looked up each time).
+_NUMPY = {row.name: np.dtype(row.numpy) for row in DATATYPES.values() if row.numpy}
+
 
 def lookup(datatype: str) -> DataType:
     """The table row of ``datatype``.
@@ -101,10 +104,11 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
     Raises:
         InputError: an unknown datatype, or BF16 while ``ml_dtypes`` is not installed.
     """
-    row = lookup(datatype)
-    if row.name == "BF16":
-        return _bfloat16()
-    return np.dtype(row.numpy)
+    dtype = _NUMPY.get(datatype)
+    if dtype is not None:
+        return dtype
+    lookup(datatype)  # unknown names raise here; the only known one left is BF16
+    return _bfloat16()
 
 
 def element_size(datatype: str) -> int | None:

@@ -6,21 +6,23 @@ puts them in bodies.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import InputError
-from .datatypes import DATATYPES, lookup, numpy_dtype
+from .datatypes import DATATYPES, numpy_dtype
 from .messages import Parameter
 from .raw import decode_raw, encode_raw, raw_size
 from .tensor import Tensor, coerce, element_count, shape_text
 
-__all__ = ["parameters_from_json", "tensors_from_json", "tensors_to_json"]
+__all__ = ["SHARED_MEMORY", "json_text", "parameters_from_json", "tensors_from_json", "tensors_to_json"]
 
-# Parameters that ask for Triton features pipeserve does not offer: refuse them rather than ignore them.
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+"""Tensor parameters that ask for Triton's shared memory, which pipeserve refuses rather than ignores."""
 
 
 def parameters_from_json(raw: Any, where: str) -> dict[str, Parameter]:
@@ -59,7 +61,7 @@ def tensors_from_json(raw: Any, binary: memoryview, kind: str) -> tuple[Tensor, 
         name, datatype, shape = _header(entry, kind, index)
         where = f"{kind} {name!r}"
         parameters = parameters_from_json(entry.get("parameters"), where)
-        if any(key in parameters for key in _SHARED_MEMORY):
+        if any(key in parameters for key in SHARED_MEMORY):
             raise InputError(f"{where}: shared memory is not supported; send the data in the body")
         size = parameters.get("binary_data_size")
         if size is None:
@@ -80,27 +82,72 @@ def tensors_from_json(raw: Any, binary: memoryview, kind: str) -> tuple[Tensor, 
     return tuple(tensors)
 
 
-def tensors_to_json(tensors: Sequence[Tensor], binary: Mapping[str, bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
-    """JSON entries for ``tensors`` and the binary parts to append after the JSON, in order.
+def tensors_to_json(
+    tensors: Sequence[Tensor], binary: bool, forms: Mapping[str, bool | None] | None = None
+) -> tuple[str, list[bytes]]:
+    """The JSON list of entries for ``tensors`` (as text) and the binary parts to append after the JSON, in order.
 
     Args:
         tensors: the tensors to send.
-        binary: for each tensor's name, whether to send it in binary; a BYTES tensor that is not
-            valid UTF-8 goes in binary regardless, and so does BF16, which JSON numbers would widen.
+        binary: whether to send a tensor in binary when ``forms`` does not say.
+        forms: for some tensors' names, whether to send them in binary (``None``: as ``binary`` says).
+            Whatever was asked, a BYTES tensor that is not valid UTF-8 goes in binary, and so
+            does BF16, which JSON numbers would widen.
+
+    Returns:
+        The entries ``[{"name", "datatype", "shape", "data" | "parameters"}, ...]`` as
+        :func:`json_text` writes them, and the binary parts.
     """
     entries = []
     chunks = []
     for tensor in tensors:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        values = None if binary.get(tensor.name, False) else _json_values(tensor)
+        data = tensor.data
+        form = None if forms is None else forms.get(tensor.name)
+        values = None if (binary if form is None else form) else _json_values(tensor.datatype, data)
+        # The datatype is a name from the type table (a Tensor checks it) and needs no escaping.
+        head = '{"name":' + json_text(tensor.name) + ',"datatype":"' + tensor.datatype + '","shape":['
+        head += _shape_text(data.shape)
         if values is None:
-            chunk = encode_raw(tensor.datatype, tensor.data)
-            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunk = encode_raw(tensor.datatype, data)
+            entries.append(head + '],"parameters":{"binary_data_size":' + str(len(chunk)) + "}}")
             chunks.append(chunk)
         else:
-            entry["data"] = values
-        entries.append(entry)
-    return entries, chunks
+            entries.append(head + '],"data":' + json_text(values) + "}")
+    return "[" + ",".join(entries) + "]", chunks
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_MAKE_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+# The C encoder that json.dumps(value, separators=(",", ":")) makes on every call, made once,
+# without the circular-reference check (markers=None): the codec's values do not refer to themselves.
+_C_ENCODE = (
+    None
+    if _MAKE_C_ENCODER is None
+    else _MAKE_C_ENCODER(
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+)
+_ESCAPE = json.encoder.encode_basestring_ascii
+_SHAPES: dict[tuple[int, ...], str] = {}
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """The dimensions of ``shape`` as JSON writes them inside its list: ``(2, 3)`` -> ``"2,3"``."""
+    text = _SHAPES.get(shape)
+    if text is None:
+        if len(_SHAPES) >= 1024:
+            _SHAPES.clear()
+        text = _SHAPES[shape] = ",".join(map(str, shape))
+    return text
+
+
+def json_text(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``: compact and ASCII, as bodies are written."""
+    if type(value) is str:
+        return _ESCAPE(value)
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 def _header(entry: Any, kind: str, index: int) -> tuple[str, str, tuple[int, ...]]:
@@ -180,15 +227,14 @@ def _flatten(data: list[Any]) -> list[Any]:
     return flat
 
 
-def _json_values(tensor: Tensor) -> list[Any] | None:
-    """The flat row-major JSON ``data`` of ``tensor``, or ``None`` when JSON cannot carry it."""
-    flat = tensor.data.reshape(-1)
-    if tensor.datatype == "BYTES":
+def _json_values(datatype: str, data: NDArray[Any]) -> list[Any] | None:
+    """The flat row-major JSON ``data`` of a tensor, or ``None`` when JSON cannot carry it."""
+    if datatype == "BYTES":
         try:
-            return [element.decode("utf-8") for element in flat]
+            return [element.decode("utf-8") for element in data.reshape(-1)]
         except UnicodeDecodeError:
             return None
-    if lookup(tensor.datatype).name == "BF16":
+    if datatype == "BF16":
         return None
-    values: list[Any] = flat.tolist()
+    values: list[Any] = data.ravel().tolist()
     return values

@@ -35,7 +35,7 @@ class RequestedOutput:
     binary: bool | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class InferRequest:
     """A decoded inference request.
 
@@ -55,6 +55,24 @@ class InferRequest:
     model_name: str = ""
     model_version: str = ""
 
+    def __init__(
+        self,
+        inputs: tuple[Tensor, ...],
+        id: str = "",
+        outputs: tuple[RequestedOutput, ...] | None = None,
+        parameters: Mapping[str, Parameter] | None = None,
+        model_name: str = "",
+        model_version: str = "",
+    ) -> None:
+        # See NOTE [frozen messages] in tensor.py; parameters default to a fresh {}.
+        fields = self.__dict__
+        fields["inputs"] = inputs
+        fields["id"] = id
+        fields["outputs"] = outputs
+        fields["parameters"] = {} if parameters is None else parameters
+        fields["model_name"] = model_name
+        fields["model_version"] = model_version
+
     @property
     def timeout_s(self) -> float | None:
         """The ``timeout`` parameter in seconds (the protocol gives microseconds), or ``None``.
@@ -68,7 +86,7 @@ class InferRequest:
         return value / 1e6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class InferResponse:
     """An inference response before encoding.
 
@@ -85,6 +103,22 @@ class InferResponse:
     model_version: str = "1"
     id: str = ""
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        model_name: str,
+        outputs: tuple[Tensor, ...],
+        model_version: str = "1",
+        id: str = "",
+        parameters: Mapping[str, Parameter] | None = None,
+    ) -> None:
+        # See NOTE [frozen messages] in tensor.py; parameters default to a fresh {}.
+        fields = self.__dict__
+        fields["model_name"] = model_name
+        fields["outputs"] = outputs
+        fields["model_version"] = model_version
+        fields["id"] = id
+        fields["parameters"] = {} if parameters is None else parameters
 
 
 def select_outputs(outputs: Sequence[Tensor], requested: Sequence[RequestedOutput] | None) -> tuple[Tensor, ...]:

@@ -52,8 +52,10 @@ def encode_raw(datatype: str, data: NDArray[Any]) -> bytes:
             parts.append(_LENGTH.pack(len(element)))
             parts.append(element)
         return b"".join(parts)
-    # astype converts a big-endian or non-contiguous array; tobytes is row-major.
-    return data.astype(numpy_dtype(datatype), copy=False).tobytes(order="C")
+    dtype = numpy_dtype(datatype)
+    if data.dtype != dtype:
+        data = data.astype(dtype)  # e.g. big-endian
+    return data.tobytes()  # row-major, whatever the array's layout
 
 
 def _decode_bytes(shape: tuple[int, ...], buffer: memoryview) -> NDArray[Any]:

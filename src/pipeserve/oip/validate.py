@@ -13,9 +13,10 @@ from dataclasses import replace
 
 from .. import InputError, TensorSpec
 from .messages import InferRequest, RequestedOutput
+from .plan import SpecPlan, plan_of
 from .tensor import Tensor, element_count, shape_text
 
-__all__ = ["batch_size", "check_request", "shape_matches"]
+__all__ = ["batch_size", "check_request", "check_requested", "shape_matches"]
 
 
 def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> InferRequest:
@@ -33,25 +34,30 @@ def check_request(request: InferRequest, inputs: Sequence[TensorSpec], outputs: 
     Raises:
         InputError: the first problem found, saying what was expected and what came.
     """
+    plan = plan_of(inputs)
     given: dict[str, Tensor] = {}
     for tensor in request.inputs:
         if tensor.name in given:
             raise InputError(f"input {tensor.name!r} is given twice")
         given[tensor.name] = tensor
-    declared = [spec.name for spec in inputs]
+    declared = plan.names
     for name in given:
-        if name not in declared:
+        if name not in plan.by_name:
             raise InputError(f"unknown input {name!r}; declared: {declared}")
     ordered = []
-    for spec in inputs:
-        if spec.name not in given:
-            raise InputError(f"missing input {spec.name!r}; declared: {declared}")
-        _check_input(given[spec.name], spec)
-        ordered.append(given[spec.name])
+    for facts in plan.specs:
+        found = given.get(facts.name)
+        if found is None:
+            raise InputError(f"missing input {facts.name!r}; declared: {declared}")
+        _check_input(found, facts)
+        ordered.append(found)
     batch_size(ordered)
     if request.outputs is not None:
-        _check_requested(request.outputs, [spec.name for spec in outputs])
+        check_requested(request.outputs, [spec.name for spec in outputs])
     _check_parameters(request)
+    now = request.inputs
+    if type(now) is tuple and len(now) == len(ordered) and all(a is b for a, b in zip(now, ordered, strict=True)):
+        return request  # already in declared order
     return replace(request, inputs=tuple(ordered))
 
 
@@ -62,6 +68,21 @@ def batch_size(tensors: Sequence[Tensor]) -> int:
         InputError: no tensors, a tensor without a batch dimension, a batch of 0, or tensors
             that disagree.
     """
+    if tensors:
+        first = tensors[0].data.shape
+        if first and first[0]:
+            size: int = first[0]
+            for tensor in tensors:
+                shape = tensor.data.shape
+                if not shape or shape[0] != size:
+                    break
+            else:
+                return size
+    return _batch_size(tensors)
+
+
+def _batch_size(tensors: Sequence[Tensor]) -> int:
+    """:func:`batch_size` worked out in full, for messages (a fault is likely)."""
     if not tensors:
         raise InputError("the request has no inputs")
     sizes = {}
@@ -83,22 +104,30 @@ def shape_matches(shape: Sequence[int], declared: Sequence[int]) -> bool:
     return len(shape) == len(declared) and all(d == -1 or d == s for s, d in zip(shape, declared, strict=True))
 
 
-def _check_input(tensor: Tensor, spec: TensorSpec) -> None:
-    if tensor.datatype != spec.datatype:
-        raise InputError(f"input {spec.name!r}: expected datatype {spec.datatype}, got {tensor.datatype}")
-    if not shape_matches(tensor.shape, (-1, *spec.shape)):
+def _check_input(tensor: Tensor, facts: SpecPlan) -> None:
+    if tensor.datatype != facts.datatype:
+        raise InputError(f"input {facts.name!r}: expected datatype {facts.datatype}, got {tensor.datatype}")
+    shape = tensor.data.shape
+    if not (len(shape) == len(facts.shape) + 1 and shape[1:] == facts.fixed) and not shape_matches(
+        shape, (-1, *facts.shape)
+    ):
         raise InputError(
-            f"input {spec.name!r}: expected shape {shape_text((-1, *spec.shape))} "
-            f"(a batch of {shape_text(spec.shape)} items), got {shape_text(tensor.shape)}"
+            f"input {facts.name!r}: expected shape {shape_text((-1, *facts.shape))} "
+            f"(a batch of {shape_text(facts.shape)} items), got {shape_text(shape)}"
         )
-    if spec.json and element_count(tensor.shape[1:]) != 1:
+    if facts.json and element_count(shape[1:]) != 1:
         raise InputError(
-            f"input {spec.name!r}: a JSON input holds one document per item, so expected shape "
-            f"{shape_text((-1, *(1 for _ in spec.shape)))}, got {shape_text(tensor.shape)}"
+            f"input {facts.name!r}: a JSON input holds one document per item, so expected shape "
+            f"{shape_text((-1, *facts.ones))}, got {shape_text(shape)}"
         )
 
 
-def _check_requested(requested: Sequence[RequestedOutput], declared: list[str]) -> None:
+def check_requested(requested: Sequence[RequestedOutput], declared: list[str]) -> None:
+    """Check that every requested output is declared and asked for once.
+
+    Raises:
+        InputError: the first unknown or repeated output.
+    """
     seen = set()
     for output in requested:
         if output.name not in declared:
