@@ -340,7 +340,8 @@ def test_load_reload_and_unload_under_traffic(client: Any, grpc_client: Any, ser
         tensor = th.InferInput("IN", [1, 2], "INT64")
         tensor.set_data_from_numpy(np.array([[3, 4]], dtype=np.int64))
         assert client.infer("extra", [tensor]).as_numpy("OUT").tolist() == [[3, 4]]
-        client.load_model("noop")  # a reload: the old pipe drains, traffic goes on
+        for _ in range(5):
+            client.load_model("noop")  # a reload: the old pipe drains, traffic goes on
         grpc_client.unload_model("extra")
         index = {entry["name"]: entry for entry in client.get_model_repository_index()}
         assert index["extra"]["state"] == "UNAVAILABLE" and index["noop"]["state"] == "READY"

@@ -81,13 +81,18 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            model = self._model(request.model_name, request.model_version)
-            decoded = oip.grpc_codec.decode_request(request, inputs=model.inputs, outputs=model.outputs)
+            self._model(request.model_name, request.model_version)
             timeout = context.time_remaining()
             if self.state.timeout is not None and (timeout is None or self.state.timeout < timeout):
                 timeout = self.state.timeout
-            response = await model.infer(decoded, timeout)
-            return oip.grpc_codec.encode_response(response, decoded)
+            model, submitted = self.state.submit(
+                request.model_name,
+                lambda model: oip.grpc_codec.decode_request(request, inputs=model.inputs, outputs=model.outputs),
+                timeout,
+            )
+            if not submitted.done:
+                await model.wait(submitted)
+            return oip.grpc_codec.encode_response(model.respond(submitted), submitted.request)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             await _abort(context, exc)
 

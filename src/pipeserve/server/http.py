@@ -151,7 +151,7 @@ class HttpApp:
         raise _Reply(404, oip.error_body("Not Found"))
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str) -> tuple[int, str, str]:
-        model = self.state.repository.get(name)
+        self.state.repository.get(name)  # an unknown model is 404 before its body is read
         body = await _read(scope, receive, self.max_body)
         header_length = None
         accept = b""
@@ -160,8 +160,14 @@ class HttpApp:
                 header_length = value.decode("latin-1")
             elif key == b"accept-encoding":
                 accept = value
-        request = oip.http_codec.decode_request(body, header_length, inputs=model.inputs, outputs=model.outputs)
-        submitted = model.submit(request, self.state.timeout)
+        model, submitted = self.state.submit(
+            name,
+            lambda model: oip.http_codec.decode_request(
+                body, header_length, inputs=model.inputs, outputs=model.outputs
+            ),
+            None,
+        )
+        request = submitted.request
         if not submitted.done:
             await _unless_gone(model.wait(submitted), receive)
         response = model.respond(submitted)

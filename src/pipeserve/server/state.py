@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import PipeClosed, oip
+from .model import ServedModel, Submitted
 from .repository import Repository
 
 __all__ = ["ServerState"]
@@ -38,6 +40,27 @@ class ServerState:
         return (
             self.started and not self.draining and not self.repository.loading and bool(self.repository.ready_models())
         )
+
+    def submit(
+        self, name: str, decode: Callable[[ServedModel], oip.InferRequest], timeout: float | None
+    ) -> tuple[ServedModel, Submitted]:
+        """Decode a request for model ``name`` and put its items in the pipe.
+
+        A reload swaps the model between the look-up and the submission at times; the old pipe
+        is then draining and refuses new items, so the request goes to the new model instead,
+        once (NOTE [model states]).
+
+        Raises:
+            ModelNotFound, ModelNotReady, InputError, and what the pipe refuses with.
+        """
+        model = self.repository.get(name)
+        try:
+            return model, model.submit(decode(model), self.timeout if timeout is None else timeout)
+        except PipeClosed:
+            current = self.repository.get(name)
+            if current is model:
+                raise
+        return current, current.submit(decode(current), self.timeout if timeout is None else timeout)
 
     async def load(self, name: str, config: Mapping[str, Any] | None) -> None:
         """Load (or reload) a model without blocking the event loop."""
