@@ -376,7 +376,7 @@ class Pipe:
             self._state = PipeState.DRAINING if drain else PipeState.CLOSED
         end = self._clock() + timeout
         if drain:
-            self._inflight.wait_idle(timeout)
+            self._inflight.wait_idle(timeout, self._clock)
             self._state = PipeState.CLOSED
         for node in self._nodes.values():
             node.close(max(0.0, end - self._clock()) if drain else timeout)
