@@ -180,11 +180,19 @@ class ServedModel:
 
     def counters(self) -> oip.ModelCounters:
         """Triton's statistics for this model: requests from the server's counts, queue and
-        compute from the pipe's statistics (every node's, each item charged its batch's time)."""
+        compute from the pipe's statistics. Each node's figures are charged per request, as
+        Triton charges a model's: its batch time to every request in the batch, its queue wait
+        once per request; a node that sees several items per request (MapReduce lines) is scaled
+        down by that fan-out, so that a request's lines, batched together, count their batch once.
+        """
         tally = self._tally
         statistics = self.pipe.statistics()
-        queue_s = sum(node.queue_seconds for node in statistics.values())
-        compute_s = sum(node.compute_seconds * node.mean_batch_size for node in statistics.values())
+        requests = max(1, statistics[self.entry].items) if self.entry in statistics else 1
+        queue_s = compute_s = 0.0
+        for node in statistics.values():
+            fanout = max(1.0, node.items / requests)
+            queue_s += node.queue_seconds / fanout
+            compute_s += node.compute_seconds * node.mean_batch_size / fanout
         entry = statistics.get(self.entry)
         batches: dict[int, oip.Duration] = {}
         if entry is not None:
