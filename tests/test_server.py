@@ -145,7 +145,9 @@ def test_health_metadata_and_config_over_both_transports(client: Any, grpc_clien
 
 
 # ----------------------------------------------------------------- inference
-def test_fp32_through_onnx_equals_in_process_json_binary_and_grpc(client: Any, grpc_client: Any, models: Path) -> None:
+def test_fp32_through_onnx_equals_in_process_json_binary_and_grpc(
+    client: Any, grpc_client: Any, models: Path, server: Server
+) -> None:
     assert node_stats(server, "classifier")["items"] >= 2  # its warm-up ran before it was ready
     rows = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
     with ps.pipe(str(models / "classifier.toml")) as local:
