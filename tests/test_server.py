@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -252,19 +253,19 @@ def test_backend_errors_are_500_naming_the_node(client: Any, grpc_client: Any) -
     assert status == "StatusCode.INTERNAL" and "ServerTestFail" in message
 
 
-def _occupy(client: Any) -> threading.Thread:
+def _occupy(url: str) -> threading.Thread:
     """Close the gate and send one request that then holds the gate model's only instance."""
     GATE.clear()
     while ENTERED.acquire(blocking=False):
         pass
-    first = threading.Thread(target=lambda: client.infer("gate", [fp32(th, "INPUT0", [[0]])]))
+    first = threading.Thread(target=_swallow_at, args=(url, 0))
     first.start()
     assert ENTERED.acquire(timeout=10)
     return first
 
 
 def test_overload_is_503_with_retry_after_and_timeout_is_504(client: Any, grpc_client: Any, server: Server) -> None:
-    first = _occupy(th.InferenceServerClient(server.url))
+    first = _occupy(server.url)
     dropped = node_stats(server, "gate")["dropped"]
     try:
         # The request's own timeout (microseconds) bounds it inside the pipe.
@@ -292,11 +293,18 @@ def test_overload_is_503_with_retry_after_and_timeout_is_504(client: Any, grpc_c
 
 
 def _swallow(server: Server, value: int) -> None:
-    th.InferenceServerClient(server.url).infer("gate", [fp32(th, "INPUT0", [[value]])])
+    _swallow_at(server.url, value)
+
+
+def _swallow_at(url: str, value: int) -> None:
+    # tritonclient's HTTP client is gevent-based: close it on the thread that made it, or the
+    # collector may finalise it on another thread, where its event loop does not exist.
+    with closing(th.InferenceServerClient(url)) as own:
+        own.infer("gate", [fp32(th, "INPUT0", [[value]])])
 
 
 def test_a_client_that_goes_away_has_its_request_cancelled(client: Any, grpc_client: Any, server: Server) -> None:
-    first = _occupy(th.InferenceServerClient(server.url))
+    first = _occupy(server.url)
     dropped = node_stats(server, "gate")["dropped"]
     failed = server.repository.get("gate").counters().fail.count
     try:
@@ -319,20 +327,25 @@ def test_a_client_that_goes_away_has_its_request_cancelled(client: Any, grpc_cli
 
 
 # ----------------------------------------------------------------- the repository
+def _send_until(client: Any, done: threading.Event, errors: list[BaseException]) -> None:
+    """Requests back to back until ``done`` (at least 20), checking each answer."""
+    for count in range(5000):
+        if done.is_set() and count > 20:
+            return
+        try:
+            assert client.infer("noop", [fp32(th, "INPUT0", [[count]])]).as_numpy("OUTPUT0")[0, 0] == count
+        except BaseException as exc:  # noqa: BLE001 - collected for the test's assertion
+            errors.append(exc)
+            return
+
+
 def test_load_reload_and_unload_under_traffic(client: Any, grpc_client: Any, server: Server) -> None:
     errors: list[BaseException] = []
     done = threading.Event()
 
     def traffic() -> None:
-        own = th.InferenceServerClient(server.url)
-        for count in range(5000):
-            if done.is_set() and count > 20:
-                return
-            try:
-                assert own.infer("noop", [fp32(th, "INPUT0", [[count]])]).as_numpy("OUTPUT0")[0, 0] == count
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
-                errors.append(exc)
-                return
+        with closing(th.InferenceServerClient(server.url)) as own:
+            _send_until(own, done, errors)
 
     worker = threading.Thread(target=traffic)
     worker.start()
@@ -345,6 +358,11 @@ def test_load_reload_and_unload_under_traffic(client: Any, grpc_client: Any, ser
         assert client.infer("extra", [tensor]).as_numpy("OUT").tolist() == [[3, 4]]
         for _ in range(5):
             client.load_model("noop")  # a reload: the old pipe drains, traffic goes on
+        grpc_client.load_model("extra2", config=json.dumps(config))  # the same over gRPC
+        grpc_tensor = tg.InferInput("IN", [1, 2], "INT64")
+        grpc_tensor.set_data_from_numpy(np.array([[5, 6]], dtype=np.int64))
+        assert grpc_client.infer("extra2", [grpc_tensor]).as_numpy("OUT").tolist() == [[5, 6]]
+        client.unload_model("extra2")
         grpc_client.unload_model("extra")
         index = {entry["name"]: entry for entry in client.get_model_repository_index()}
         assert index["extra"]["state"] == "UNAVAILABLE" and index["noop"]["state"] == "READY"
@@ -394,8 +412,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         outcomes: list[Any] = []
 
         def one(value: int) -> None:
-            own = th.InferenceServerClient(f"127.0.0.1:{port}")
-            outcomes.append(own.infer("slow", [fp32(th, "INPUT0", [[value]])]).as_numpy("OUTPUT0")[0, 0])
+            with closing(th.InferenceServerClient(f"127.0.0.1:{port}")) as own:
+                outcomes.append(own.infer("slow", [fp32(th, "INPUT0", [[value]])]).as_numpy("OUTPUT0")[0, 0])
 
         callers = [threading.Thread(target=one, args=(i,)) for i in range(12)]
         for caller in callers:
@@ -421,7 +439,8 @@ def _ready(client: Any) -> bool:
 
 
 def _finished(port: int) -> int:
-    stats = th.InferenceServerClient(f"127.0.0.1:{port}").get_inference_statistics("slow")["model_stats"][0]
+    with closing(th.InferenceServerClient(f"127.0.0.1:{port}")) as client:
+        stats = client.get_inference_statistics("slow")["model_stats"][0]
     return int(stats["inference_stats"]["success"]["count"])
 
 
