@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,94 +22,58 @@ import pipeserve
 from .bench import format_table, run_closed_loop, run_open_loop
 
 
-def _items_from(args: argparse.Namespace) -> list[Any]:
+def _items_from(args: argparse.Namespace) -> Callable[[int], dict[str, Any]]:
+    """The load's items: the files of ``--input`` as bytes in turn, or ``--data``."""
     if args.input:
         files = sorted(p for p in Path(args.input).iterdir() if p.is_file())
         if not files:
             raise SystemExit(f"no files in {args.input}")
-        return [p.read_bytes() for p in files]
-    return [args.data]
+        payloads: list[Any] = [p.read_bytes() for p in files]
+    else:
+        payloads = [args.data]
+    return lambda index: {"data": payloads[index % len(payloads)]}
 
 
 def bench(args: argparse.Namespace) -> int:
+    """``bench CONFIG``: load-test a pipe in this process, or with ``--url`` a served model."""
+    make_item = _items_from(args)
     if args.url:
-        return _bench_remote(args)
-    payloads = _items_from(args)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .bench.remote import remote_call
+
+        call = remote_call(args.url, args.config)
+        try:
+            with ThreadPoolExecutor(max(64, *args.clients)) as pool:  # open loop: calls that overlap
+                _print_rows(_load(args, call, lambda item: pool.submit(call, item), make_item))
+        finally:
+            call.close()
+        return 0
     if args.config == "ocr":
         from .examples.ocr import config as ocr_config
 
         args.config = ocr_config()
     with pipeserve.pipe(args.config) as pipe:
-
-        def make_item(index: int) -> dict[str, Any]:
-            return {"data": payloads[index % len(payloads)]}
-
-        rows = []
-        for clients in args.clients:
-            if args.rate:
-                result = run_open_loop(
-                    pipe.submit,
-                    make_item,
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    label=f"{args.rate}/s",
-                    progress=sys.stderr,
-                )
-            else:
-                result = run_closed_loop(
-                    pipe,
-                    make_item,
-                    clients=clients,
-                    seconds=args.seconds,
-                    label=f"{clients} clients",
-                    progress=sys.stderr,
-                )
-            rows.append(result.summary())
-            if result.first_error:
-                print(f"first error: {result.first_error}", file=sys.stderr)
-            if args.rate:
-                break
-        print(
-            format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"])
-        )
+        _print_rows(_load(args, pipe, pipe.submit, make_item))
         if args.stats:
             print(json.dumps(pipe.stats(), indent=2))
     return 0
 
 
-def _bench_remote(args: argparse.Namespace) -> int:
-    """``bench MODEL --url``: the same load generator against a server (HTTP or gRPC)."""
-    from .bench.remote import remote_call
-
-    payloads = _items_from(args)
-    call = remote_call(args.url, args.config)
-
-    def make_item(index: int) -> dict[str, Any]:
-        return {"data": payloads[index % len(payloads)]}
-
-    try:
-        rows = _remote_rows(args, call, make_item)
-    finally:
-        call.close()
-    print(format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"]))
-    return 0
-
-
-def _remote_rows(args: argparse.Namespace, call: Any, make_item: Any) -> list[dict[str, Any]]:
-    from concurrent.futures import ThreadPoolExecutor
-
+def _load(
+    args: argparse.Namespace,
+    call: Callable[[dict[str, Any]], Any],
+    submit: Callable[[dict[str, Any]], Future[Any]],
+    make_item: Callable[[int], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One summary per client count (closed loop through ``call``), or one at ``--rate``
+    (open loop through ``submit``)."""
     rows = []
     for clients in args.clients:
         if args.rate:
-            with ThreadPoolExecutor(max(64, max(args.clients))) as pool:
-                result = run_open_loop(
-                    lambda item: pool.submit(call, item),
-                    make_item,
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    label=f"{args.rate}/s",
-                    progress=sys.stderr,
-                )
+            result = run_open_loop(
+                submit, make_item, rate=args.rate, seconds=args.seconds, label=f"{args.rate}/s", progress=sys.stderr
+            )
         else:
             result = run_closed_loop(
                 call, make_item, clients=clients, seconds=args.seconds, label=f"{clients} clients", progress=sys.stderr
@@ -119,6 +84,10 @@ def _remote_rows(args: argparse.Namespace, call: Any, make_item: Any) -> list[di
         if args.rate:
             break
     return rows
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    print(format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"]))
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -194,18 +194,10 @@ class Pipe:
         Raises:
             InputError, Overloaded, PipeClosed: an item was not admitted (then none is queued).
         """
-        requests: list[Request] = []
-        try:
-            for item in items:
-                requests.append(self._admit(item, timeout))
-            futures = [request.attach_future() for request in requests]
-            for request in requests:
-                self._deadlines.watch(request)
-            self._executor.start_many(requests, cheap_inline=inline)
-        except BaseException as exc:
-            for request in requests:
-                request.fail(exc)  # no-op for those that already have an outcome
-            raise
+        futures = []
+        for request in self._start_many(items, timeout, futures=True, cheap_inline=inline):
+            assert request.future is not None  # attached by _start_many
+            futures.append(request.future)
         return futures
 
     async def acall(self, item: Item, *, timeout: float | None = None) -> Item:
@@ -215,19 +207,31 @@ class Pipe:
         """
         return await asyncio.wrap_future(self.submit(item, timeout=timeout))
 
-    def _call_many(self, items: list[Item], timeout: float | None) -> list[Item]:
+    def _start_many(
+        self, items: list[Item], timeout: float | None, *, futures: bool, cheap_inline: bool = False
+    ) -> list[Request]:
+        """Admit every item, then start them together (for :meth:`submit_many` with Futures, for
+        a blocking list call with the calling thread as their caller). If any item is refused,
+        those admitted before it get the same error as their outcome and the error is raised."""
         requests: list[Request] = []
         try:
             for item in items:
                 requests.append(self._admit(item, timeout))
-            caller = threading.get_ident()
+            caller = None if futures else threading.get_ident()
             for request in requests:
                 request.caller = caller
-            self._executor.start_many(requests)
+                if futures:
+                    request.attach_future()
+                    self._deadlines.watch(request)
+            self._executor.start_many(requests, cheap_inline=cheap_inline)
         except BaseException as exc:
             for request in requests:
                 request.fail(exc)  # no-op for those that already have an outcome
             raise
+        return requests
+
+    def _call_many(self, items: list[Item], timeout: float | None) -> list[Item]:
+        requests = self._start_many(items, timeout, futures=False)
         first_error: BaseException | None = None
         for request in requests:
             try:

@@ -15,10 +15,10 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .. import InputError, __version__, oip
+from .. import __version__, oip
 from .errors import Unsupported, status_of
 from .http import EXTENSIONS
-from .state import ServerState
+from .state import ServerState, config_parameter
 
 __all__ = ["MAX_MESSAGE", "InferenceService", "add_service"]
 
@@ -107,18 +107,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            config = None
-            if "config" in request.parameters:
-                import json
-
-                text = request.parameters["config"].string_param
-                try:
-                    config = json.loads(text)
-                except ValueError as exc:
-                    raise InputError(f"the 'config' parameter is not JSON: {exc}") from exc
-                if not isinstance(config, dict):
-                    raise InputError("the 'config' parameter must be a JSON object (a pipe configuration)")
-            await self.state.load(request.model_name, config)
+            parameters = request.parameters
+            raw = parameters["config"].string_param if "config" in parameters else None
+            await self.state.load(request.model_name, config_parameter(raw))
             return service_pb2.RepositoryModelLoadResponse()
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             await _abort(context, exc)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import InputError, __version__, oip
 from .errors import BodyTooLarge, ModelNotFound, status_of
-from .state import ServerState
+from .state import ServerState, config_parameter
 
 __all__ = ["HttpApp"]
 
@@ -140,8 +140,7 @@ class HttpApp:
                 return 200, "", ""
             model, verb = rest[2], rest[3]
             if verb == "load":
-                config = _config_parameter(document)
-                await self.state.load(model, config)
+                await self.state.load(model, config_parameter(_config_parameter(document)))
             elif verb == "unload":
                 await self.state.unload(model)
             else:
@@ -287,21 +286,12 @@ def _document(body: bytes) -> dict[str, Any]:
     return document
 
 
-def _config_parameter(document: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``config`` parameter of a load request: a pipe configuration as JSON text."""
+def _config_parameter(document: dict[str, Any]) -> Any:
+    """The raw ``config`` parameter of a load request body (see :func:`config_parameter`)."""
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InputError("'parameters' must be an object")
-    config = parameters.get("config")
-    if config is None:
-        return None
-    try:
-        loaded = json.loads(config) if isinstance(config, str) else config
-    except ValueError as exc:
-        raise InputError(f"the 'config' parameter is not JSON: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise InputError("the 'config' parameter must be a JSON object (a pipe configuration)")
-    return loaded
+    return parameters.get("config")
 
 
 def _index_entry(state: Any) -> dict[str, str]:

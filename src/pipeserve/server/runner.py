@@ -156,7 +156,7 @@ class Server:
                 proxy_headers=False,  # a middleware on every request; we bind loopback by default
                 server_header=False,
             )
-            self._uvicorn = _Uvicorn(config, self)
+            self._uvicorn = _uvicorn_server(config)
             if signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(sig, self._begin_shutdown)
@@ -202,22 +202,20 @@ class Server:
         self.state.live = False
 
 
-class _Uvicorn:
-    """uvicorn's server with its signal handling left to us."""
+def _uvicorn_server(config: Any) -> Any:
+    """uvicorn's server with its signal handling left to us (NOTE [server shutdown])."""
+    import contextlib
 
-    def __new__(cls, config: Any, owner: Server) -> Any:
-        import uvicorn
+    import uvicorn
 
-        class Quiet(uvicorn.Server):
-            def install_signal_handlers(self) -> None:  # older uvicorn
-                pass
+    class Quiet(uvicorn.Server):
+        def install_signal_handlers(self) -> None:  # older uvicorn
+            pass
 
-            def capture_signals(self) -> Any:  # newer uvicorn: the owner's handlers decide
-                import contextlib
+        def capture_signals(self) -> Any:  # newer uvicorn
+            return contextlib.nullcontext()
 
-                return contextlib.nullcontext()
-
-        return Quiet(config)
+    return Quiet(config)
 
 
 def _run(main: Any) -> None:

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import PipeClosed, oip
+from .. import InputError, PipeClosed, oip
 from .model import ServedModel, Submitted
 from .repository import Repository
 
-__all__ = ["ServerState"]
+__all__ = ["ServerState", "config_parameter"]
+
+
+def config_parameter(value: Any) -> dict[str, Any] | None:
+    """The ``config`` parameter of a load request, over either transport: a pipe configuration
+    as JSON text (an HTTP body may also hold the object itself), or None when absent.
+
+    Raises:
+        InputError: not JSON, or not an object.
+    """
+    if value is None:
+        return None
+    try:
+        loaded = json.loads(value) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise InputError(f"the 'config' parameter is not JSON: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise InputError("the 'config' parameter must be a JSON object (a pipe configuration)")
+    return loaded
 
 
 class ServerState:
