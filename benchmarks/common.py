@@ -19,6 +19,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_PYTHON = ROOT / "benchmarks" / ".peers" / "bin" / "python"
+OCR_PAGES = ROOT / "src" / "pipeserve" / "examples" / "ocr" / "images"
+
+
+def ocr_pages() -> list[bytes]:
+    """The bundled OCR pages (JPEG bytes), in name order: every OCR benchmark's load."""
+    return [p.read_bytes() for p in sorted(OCR_PAGES.glob("*.jpg"))]
 
 
 def run_worker(python: str, script: Path, args: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -21,20 +21,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, machine, median_of, run_worker
+from common import emit, machine, median_of, ocr_pages, run_worker
 
-PAGES = ROOT / "src" / "pipeserve" / "examples" / "ocr" / "images"
 SYSTEMS = ("pipeserve", "rapidocr-shared", "rapidocr-per-thread")
-
-
-def _pages() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(PAGES.glob("*.jpg"))]
 
 
 def worker(system: str, clients: int, seconds: float) -> dict[str, Any]:
     from pipeserve.bench import run_closed_loop
 
-    pages = _pages()
+    pages = ocr_pages()
     cores = os.cpu_count() or 1
     if system == "pipeserve":
         from pipeserve.examples import ocr
@@ -69,7 +64,7 @@ def ideal_worker() -> dict[str, Any]:
     from rapidocr_onnxruntime import RapidOCR
 
     engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1)
-    pages = [engine.load_img(p) for p in _pages()]
+    pages = [engine.load_img(p) for p in ocr_pages()]
     det = 0.0
     lines: list[Any] = []
     for page in pages:

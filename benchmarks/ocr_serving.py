@@ -15,102 +15,37 @@ round; medians of the rounds. Target (issue 9): HTTP >= 95% of in-process throug
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, machine, median_of, run_worker
+from common import emit, machine, median_of, ocr_pages, run_worker
+from triton_ocr import WARMUP_S, load_worker
 
-PAGES = ROOT / "src" / "pipeserve" / "examples" / "ocr" / "images"
 SYSTEMS = ("in-process", "http")
 
 
-def _pages() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(PAGES.glob("*.jpg"))]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_server(port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    log = tempfile.TemporaryFile("w+")  # the server's log, read if it fails to start
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeserve", "serve", "ocr", "--port", str(port), "--grpc-port", "-1"],
-        stdout=log,
-        stderr=log,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    import http.client
-
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"the server exited: {log.read()[-2000:]}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/v2/health/ready")
-            if connection.getresponse().status == 200:
-                connection.close()
-                return process
-            connection.close()
-        except OSError:
-            pass
-        time.sleep(0.2)
-    _stop(process)
-    raise RuntimeError("the server did not become ready in 120 s")
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
 def worker(system: str, clients: int, seconds: float) -> dict[str, Any]:
+    if system == "http":
+        # A fresh `pipeserve serve ocr` process and the same generator over HTTP: what the
+        # comparison with Triton measures for pipeserve (benchmarks/triton_ocr.py).
+        result = load_worker("pipeserve", clients, seconds, Path(), engine_instances=1)
+        return {
+            "system": system,
+            "throughput": result["images_s"],
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+        }
     from pipeserve.bench import run_closed_loop
+    from pipeserve.examples import ocr
 
-    pages = _pages()
-
-    def make_item(index: int) -> dict[str, Any]:
-        return {"data": pages[index % len(pages)]}
-
-    if system == "in-process":
-        from pipeserve.examples import ocr
-
-        with ocr.pipeline() as pipe:
-            result = run_closed_loop(pipe, make_item, clients=clients, seconds=seconds, warmup=3.0)
-    else:
-        from pipeserve.bench.remote import remote_call
-
-        port = _free_port()
-        server = _start_server(port)
-        try:
-            call = remote_call(f"http://127.0.0.1:{port}", "ocr")
-            try:
-                result = run_closed_loop(call, make_item, clients=clients, seconds=seconds, warmup=3.0)
-            finally:
-                call.close()
-        finally:
-            _stop(server)
-    return {"system": system, **result.summary()}
+    pages = ocr_pages()
+    with ocr.pipeline() as pipe:
+        result = run_closed_loop(
+            pipe, lambda i: {"data": pages[i % len(pages)]}, clients=clients, seconds=seconds, warmup=WARMUP_S
+        )
+    return {"system": system, "throughput": result.throughput, **{k: result.summary()[k] for k in ("p50_ms", "p99_ms")}}
 
 
 def main() -> None:

@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, emit, machine, run_worker
+from common import ROOT, emit, machine, ocr_pages, run_worker
 
-PAGES = ROOT / "src" / "pipeserve" / "examples" / "ocr" / "images"
 REPOSITORY = ROOT / "benchmarks" / "triton_ocr"
+ONNX_STAGE = REPOSITORY / "onnx_stage.py"  # the model.py of det, cls and rec alike
+ONNX_STAGES = ("det", "cls", "rec")
 DEFAULT_TRITON = ROOT / "benchmarks" / ".peers" / "triton"
 GET_TRITON = ROOT.parent / "shared" / "tools" / "get-triton.sh"
 SYSTEMS = ("pipeserve", "triton-engine", "triton-bls")
@@ -59,10 +60,6 @@ MODELS = {  # system -> (model the client calls, models the server loads)
 WARMUP_S = 3.0
 START_LIMIT_S = 180.0  # a server must be ready within this
 MAX_REQUESTS = 100_000  # per load run; far above what a run can do, a bound in count beside the time
-
-
-def _pages() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(PAGES.glob("*.jpg"))]
 
 
 def _free_port() -> int:
@@ -189,6 +186,9 @@ def _repository(scratch: Path, models: Sequence[str], engine_instances: int) -> 
     repository = scratch / "models"
     for model in models:
         shutil.copytree(REPOSITORY / model, repository / model, ignore=shutil.ignore_patterns("__pycache__"))
+        if model in ONNX_STAGES:
+            (repository / model / "1").mkdir(exist_ok=True)
+            shutil.copy(ONNX_STAGE, repository / model / "1" / "model.py")
     config = repository / "rapidocr_engine" / "config.pbtxt"
     if config.exists():
         text, count = re.subn(r"count: \d+", f"count: {engine_instances}", config.read_text())
@@ -229,7 +229,7 @@ def check_worker(system: str, triton: Path, engine_instances: int) -> dict[str, 
     try:
         call = remote_call(f"http://127.0.0.1:{server.port}", server.model)
         try:
-            pages = [_decode(call({"data": page})) for page in _pages()]
+            pages = [_decode(call({"data": page})) for page in ocr_pages()]
         finally:
             call.close()
         version = server.version()
@@ -243,7 +243,7 @@ def load_worker(system: str, clients: int, seconds: float, triton: Path, engine_
     from pipeserve.bench import run_closed_loop
     from pipeserve.bench.remote import remote_call
 
-    pages = _pages()
+    pages = ocr_pages()
     server = Server(system, triton, engine_instances, lifetime_s=START_LIMIT_S + WARMUP_S + seconds + 120)
     try:
         call = remote_call(f"http://127.0.0.1:{server.port}", server.model)
@@ -289,7 +289,7 @@ def reference_worker() -> dict[str, Any]:
     from pipeserve.examples.ocr.samples import from_rapidocr
 
     engine = RapidOCR()
-    return {"pages": [from_rapidocr(engine(page)) for page in _pages()]}
+    return {"pages": [from_rapidocr(engine(page)) for page in ocr_pages()]}
 
 
 # --- the driver --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Triton Python-backend model: one of RapidOCR's ONNX networks (det, cls or rec; the same file in
-each of the three model folders).
+"""Triton Python-backend model: one of RapidOCR's ONNX networks (det, cls or rec). The benchmark
+copies this one file in as ``1/model.py`` of each of the three model folders.
 
 The network is the ``onnx_file`` parameter of config.pbtxt, from the models/ folder of the
 rapidocr_onnxruntime wheel, opened with RapidOCR's own session class (its session options) and
