@@ -16,11 +16,12 @@ from tests.conftest import Recording, occupy, wait_until
 
 EXPORTS = {
     "DATATYPES", "Backend", "BackendError", "ComputeTimeout", "ConfigError", "ContractError", "EntryDescription",
-    "Event", "FilterError", "Health", "InputError", "InstanceHealth", "InstanceStatistics",
-    "MissingDependencyError", "NodeDescription", "NodeHealth", "NodeStatistics", "Options", "Overloaded",
-    "PartialFailure", "Pipe", "PipeClosed", "PipeDescription", "PipeServeError", "PipeState", "RegistryError",
-    "RemoteError", "RequestError", "RequestTimeout", "Status", "TensorSpec", "UnknownNameError", "WorkerDied",
-    "__version__", "instance_count", "list_backends", "list_filters", "pipe", "register_backend", "register_filter",
+    "Event", "FilterError", "Health", "InputError", "InstanceHealth", "InstanceStatistics", "JsonLinesSink",
+    "MissingDependencyError", "NodeDescription", "NodeHealth", "NodeStatistics", "Observer", "OpenTelemetrySink",
+    "Options", "Overloaded", "PartialFailure", "Pipe", "PipeClosed", "PipeDescription", "PipeServeError",
+    "PipeState", "RegistryError", "RemoteError", "RequestError", "RequestTimeout", "Span", "Status", "TensorSpec",
+    "TraceOption", "TraceParent", "TraceSink", "UnknownNameError", "WorkerDied", "__version__", "instance_count",
+    "list_backends", "list_filters", "parse_traceparent", "pipe", "register_backend", "register_filter",
     "register_lazy_backend",
 }  # fmt: skip
 

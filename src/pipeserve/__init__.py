@@ -33,10 +33,11 @@ from .errors import (
 from .events import Event
 from .filters import Status
 from .graph import instance_count
-from .pipe import Pipe, PipeState, pipe
+from .pipe import Observer, Pipe, PipeState, TraceOption, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
 from .signature import DATATYPES, TensorSpec
 from .statistics import Health, InstanceHealth, InstanceStatistics, NodeHealth, NodeStatistics
+from .tracing import JsonLinesSink, OpenTelemetrySink, Span, TraceParent, TraceSink, parse_traceparent
 
 __version__ = "0.1.0"
 
@@ -54,10 +55,13 @@ __all__ = [
     "InputError",
     "InstanceHealth",
     "InstanceStatistics",
+    "JsonLinesSink",
     "MissingDependencyError",
     "NodeDescription",
     "NodeHealth",
     "NodeStatistics",
+    "Observer",
+    "OpenTelemetrySink",
     "Options",
     "Overloaded",
     "PartialFailure",
@@ -70,14 +74,19 @@ __all__ = [
     "RemoteError",
     "RequestError",
     "RequestTimeout",
+    "Span",
     "Status",
     "TensorSpec",
+    "TraceOption",
+    "TraceParent",
+    "TraceSink",
     "UnknownNameError",
     "WorkerDied",
     "__version__",
     "instance_count",
     "list_backends",
     "list_filters",
+    "parse_traceparent",
     "pipe",
     "register_backend",
     "register_filter",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import get_float, get_list
+from .tracing import Trace
 
 __all__ = ["BatchQueue", "Bucketing", "Decision", "OnDone", "RequestLike", "Task", "decide"]
 
@@ -54,6 +55,14 @@ class RequestLike(Protocol):
 
     def fail(self, error: BaseException) -> bool:
         """Deliver ``error`` as the request's outcome (False if it already had one)."""
+
+    @property
+    def trace(self) -> Trace | None:
+        """The request's trace when it is sampled (NOTE [traces] in :mod:`pipeserve.tracing`)."""
+
+    @property
+    def span(self) -> int:
+        """The span the request's node visits are children of (when traced)."""
 
 
 OnDone = Callable[["Task", "BaseException | None"], None]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pipeserve
 
-from .bench import format_table, run_closed_loop, run_open_loop
+from .bench import LoadResult, format_table, run_closed_loop, run_open_loop
 
 
 def _items_from(args: argparse.Namespace) -> Callable[[int], dict[str, Any]]:
@@ -35,7 +35,22 @@ def _items_from(args: argparse.Namespace) -> Callable[[int], dict[str, Any]]:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """``bench CONFIG``: load-test a pipe in this process, or with ``--url`` a served model."""
+    """``bench CONFIG``: load-test a pipe in this process, or with ``--url`` a served model.
+
+    Prints one summary row per step; ``--json FILE`` also writes the figures (rows, latency over
+    time, machine) and ``--plot FILE`` draws them (see :mod:`pipeserve.bench.report`). A ``--plot``
+    that could not be written (no matplotlib, unknown suffix) is refused before the load runs:
+    one line on stderr, exit status 2.
+    """
+    if args.plot:
+        from .bench.report import check_plot
+
+        try:
+            check_plot(args.plot)
+        except (ImportError, ValueError) as exc:
+            print(f"pipeserve bench: {exc}", file=sys.stderr)
+            return 2
+    name = args.config
     make_item = _items_from(args)
     if args.url:
         from concurrent.futures import ThreadPoolExecutor
@@ -45,16 +60,17 @@ def bench(args: argparse.Namespace) -> int:
         call = remote_call(args.url, args.config)
         try:
             with ThreadPoolExecutor(max(64, *args.clients)) as pool:  # open loop: calls that overlap
-                _print_rows(_load(args, call, lambda item: pool.submit(call, item), make_item))
+                results = _load(args, call, lambda item: pool.submit(call, item), make_item)
         finally:
             call.close()
+        _report(args, name, args.url, results)
         return 0
     if args.config == "ocr":
         from .examples.ocr import config as ocr_config
 
         args.config = ocr_config()
     with pipeserve.pipe(args.config) as pipe:
-        _print_rows(_load(args, pipe, pipe.submit, make_item))
+        _report(args, name, "in-process", _load(args, pipe, pipe.submit, make_item))
         if args.stats:
             print(json.dumps(pipe.stats(), indent=2))
     return 0
@@ -65,10 +81,10 @@ def _load(
     call: Callable[[dict[str, Any]], Any],
     submit: Callable[[dict[str, Any]], Future[Any]],
     make_item: Callable[[int], dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """One summary per client count (closed loop through ``call``), or one at ``--rate``
+) -> list[LoadResult]:
+    """One result per client count (closed loop through ``call``), or one at ``--rate``
     (open loop through ``submit``)."""
-    rows = []
+    results = []
     for clients in args.clients:
         if args.rate:
             result = run_open_loop(
@@ -78,16 +94,27 @@ def _load(
             result = run_closed_loop(
                 call, make_item, clients=clients, seconds=args.seconds, label=f"{clients} clients", progress=sys.stderr
             )
-        rows.append(result.summary())
+        results.append(result)
         if result.first_error:
             print(f"first error: {result.first_error}", file=sys.stderr)
         if args.rate:
             break
-    return rows
+    return results
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
+def _report(args: argparse.Namespace, name: str, target: str, results: list[LoadResult]) -> None:
+    """Print the summary rows; write ``--json`` and ``--plot`` where asked."""
+    rows = [result.summary() for result in results]
     print(format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"]))
+    if not (args.json or args.plot):
+        return
+    from .bench.report import build_report, write_json, write_plot
+
+    report = build_report(results, config=name, target=target, rate=args.rate)
+    for path, write in ((args.json, write_json), (args.plot, write_plot)):
+        if path:
+            write(report, path)
+            print(f"wrote {path}", file=sys.stderr)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -155,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--input", help="a folder whose files are sent as bytes in 'data'")
     load.add_argument("--data", default="x", help="the 'data' to send when no --input is given")
     load.add_argument("--stats", action="store_true", help="print per-node statistics afterwards")
+    load.add_argument("--json", metavar="FILE", help="write the figures (rows, latency over time, machine) as JSON")
+    load.add_argument("--plot", metavar="FILE", help="draw latency over time, throughput vs clients (.png/.svg/.pdf)")
 
     commands.add_parser("backends", help="list registered backends and filters")
 

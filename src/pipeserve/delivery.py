@@ -30,7 +30,17 @@ from .batching import Task
 from .errors import PipeServeError, RequestError
 from .instance import Instance
 
-__all__ = ["Collecting", "Pending", "Target", "deliver", "deliver_batch", "flush", "hand_off", "run_batch"]
+__all__ = [
+    "Collecting",
+    "Pending",
+    "Target",
+    "deliver",
+    "deliver_batch",
+    "flush",
+    "hand_off",
+    "run_batch",
+    "trace_batch",
+]
 
 
 class Target(Protocol):
@@ -122,8 +132,44 @@ def run_batch(instance: Instance, batch: list[Task], isolate: bool) -> dict[int,
     instance.current = batch
     start = time.perf_counter()
     failures = instance.run(batch, isolate)
-    instance.busy_seconds += time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    instance.busy_seconds += elapsed
+    instance.compute_seconds += elapsed
+    instance.last_compute = elapsed
     return failures
+
+
+def trace_batch(instance: Instance, batch: list[Task], failures: dict[int, RequestError], end: float) -> None:
+    """Record a ``node`` span for each traced task of a batch that ended at clock reading ``end``
+    (NOTE [traces] in :mod:`pipeserve.tracing`)."""
+    compute = instance.last_compute
+    size = len(batch)
+    for index, task in enumerate(batch):
+        request = task.request
+        trace = request.trace
+        if trace is None:
+            continue
+        inline = instance.reason == "inline"
+        queued = instance.started if inline else task.enqueued
+        trace.add(
+            f"node {task.tag or instance.node}",
+            "node",
+            request.span,
+            queued,
+            end,
+            {
+                "pipeserve.node": task.tag or instance.node,
+                "pipeserve.scheduler": instance.node,
+                "pipeserve.instance": instance.index,
+                "pipeserve.backend": instance.label,
+                "pipeserve.batch_size": size,
+                "pipeserve.release_reason": "nothing_coming" if inline else instance.reason,
+                "pipeserve.inline": inline,
+                "pipeserve.queue_ms": round(1e3 * max(0.0, instance.started - queued), 4),
+                "pipeserve.compute_ms": round(1e3 * compute, 4),
+            },
+            failures.get(index),
+        )
 
 
 def deliver_batch(batch: list[Task], failures: dict[int, RequestError]) -> Pending:

@@ -143,6 +143,7 @@ class Dispatcher:
                 instance = group.idle.pop()
                 instance.state = State.BORROWED
                 instance.started = now
+                instance.reason = "inline"
                 instance.batches += 1
                 instance.items += count
                 self.stats.record_release(count, "nothing_coming", 0.0, inline=True)
@@ -238,6 +239,7 @@ class Dispatcher:
             group.idle.remove(instance)
             instance.state = State.ASSIGNED
             instance.batch = batch
+            instance.reason = decision.reason
             self.stats.record_release(len(batch), decision.reason, sum(now - t.enqueued for t in batch))
             if instance is not prefer:
                 self.wake.append(instance)

@@ -33,10 +33,11 @@ from .delivery import hand_off
 from .errors import FilterError, PipeServeError, RequestError, locate
 from .fanout import Gather, merge, split
 from .filters import Filter, Status, as_status
-from .graph import COMPUTE, Graph, GraphNode, Plan, build_input
+from .graph import COMPUTE, MAPREDUCE, Graph, GraphNode, Plan, build_input
 from .node import Node
 from .registry import resolve_filter
 from .request import Request
+from .tracing import new_span_id
 
 __all__ = ["Executor", "Walk"]
 
@@ -132,7 +133,9 @@ class Executor:
 class Walk:
     """One request's pass through a plan (NOTE [walk]). Nodes see it as the task's request."""
 
-    def __init__(self, executor: Executor, plan: Plan, root: Request, on_finish: Finish) -> None:
+    def __init__(
+        self, executor: Executor, plan: Plan, root: Request, on_finish: Finish, span: int | None = None
+    ) -> None:
         self.executor = executor
         self.graph = executor.graph
         self.plan = plan
@@ -146,6 +149,9 @@ class Walk:
         self.error: BaseException | None = None
         self.done = False
         self.counted: set[str] = set()  # nodes still counted upstream at their scheduler
+        # NOTE [traces]: node visits are children of the request's span, or of a sub-request's.
+        self.trace = root.trace
+        self.span = root.span if span is None else span
 
     # ------------------------------------------------------------------ what nodes ask of a request
     @property
@@ -335,10 +341,22 @@ class Walk:
         plan = self.graph.plan(node.jump)
         with self.lock:
             self.running += 1
+        trace = self.trace
+        began, fan_span = (trace.clock(), new_span_id()) if trace is not None else (0.0, 0)
 
         def gathered(output: Item | None, error: BaseException | None) -> None:
             with self.lock:
                 self.running -= 1
+            if trace is not None:
+                kind = "mapreduce" if node.kind == MAPREDUCE else "jump"
+                attributes = {
+                    "pipeserve.node": node.name,
+                    "pipeserve.target": plan.entry,
+                    "pipeserve.parts": len(parts),
+                }
+                trace.add(
+                    f"{kind} {node.name}", "fan_out", self.span, began, trace.clock(), attributes, error, fan_span
+                )
             if error is not None:
                 self._failed(node.name, error)
             else:
@@ -346,5 +364,27 @@ class Walk:
                 self._completed(node.name, output)
 
         gather = Gather(node, item, len(parts), gathered)
-        children = [Walk(self.executor, plan, self.root, gather.finisher(index)) for index in range(len(parts))]
+        if trace is None:
+            children = [Walk(self.executor, plan, self.root, gather.finisher(index)) for index in range(len(parts))]
+        else:
+            children = [
+                Walk(
+                    self.executor, plan, self.root, self._traced(gather.finisher(index), index, fan_span), new_span_id()
+                )
+                for index in range(len(parts))
+            ]
         children[0].begin(parts, walks=children[1:])
+
+    def _traced(self, finish: Finish, index: int, parent: int) -> Finish:
+        """``finish``, recording the sub-request's span first (NOTE [traces])."""
+        trace = self.trace
+        assert trace is not None
+        began = trace.clock()
+
+        def finished(walk: Walk, output: Item | None, error: BaseException | None) -> None:
+            attributes = {"pipeserve.target": walk.plan.entry, "pipeserve.index": index}
+            name = f"sub-request {walk.plan.entry}[{index}]"
+            trace.add(name, "sub_request", parent, began, trace.clock(), attributes, error, walk.span)
+            finish(walk, output, error)
+
+        return finished

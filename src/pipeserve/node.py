@@ -70,6 +70,11 @@ class Node:
         """The threads each instance may use."""
         return self._workers.cpu_threads
 
+    def enable_tracing(self) -> None:
+        """Record node spans of traced requests from now on (NOTE [traces]); until then a batch
+        does not look at its requests' traces."""
+        self._workers.tracing = True
+
     def share_cpu(self, threads: int) -> None:
         """Set each instance's CPU budget (before :meth:`start`)."""
         self._workers.cpu_threads = max(1, threads)

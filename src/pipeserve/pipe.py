@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from types import MappingProxyType
 from typing import Any
 
 from .budget import machine_cores, share
 from .config import get_float, load_config
 from .description import EntryDescription, NodeDescription, PipeDescription
-from .errors import InputError, PipeClosed
+from .errors import ConfigError, InputError, PipeClosed
 from .events import Event
 from .executor import Executor
 from .graph import COMPUTE, Graph
@@ -43,12 +45,23 @@ from .request import DeadlineWatch, InFlight, Request
 from .settings import NodeSettings
 from .signature import parse_signature
 from .statistics import Health, NodeHealth, NodeStatistics
+from .tracing import Trace, TraceExporter, TraceSink, parse_traceparent
 
-__all__ = ["Pipe", "PipeState", "pipe"]
+__all__ = ["Observer", "Pipe", "PipeState", "TraceOption", "pipe"]
+
+log = logging.getLogger("pipeserve")
 
 Item = dict[str, Any]
 Config = str | os.PathLike[str] | Mapping[str, Any]
 Clock = Callable[[], float]
+Observer = Callable[[str, float, "BaseException | None"], None]
+"""Told ``(entry, seconds, error)`` as each request gets its outcome: the entry it started at, the
+seconds from admission to outcome, and None on success, the error otherwise (a
+``concurrent.futures.CancelledError`` when the caller cancelled it). See :meth:`Pipe.add_observer`."""
+TraceOption = bool | str | None
+"""A call's ``trace``: None samples at the pipe's ``trace_rate``; True or False decides; a W3C
+``traceparent`` continues that trace when its sampled flag is set (NOTE [traces])."""
+DEFAULT_TRACE_FILE = "pipeserve-traces.jsonl"
 
 
 class PipeState(enum.Enum):
@@ -127,16 +140,28 @@ class Pipe:
             raise
         self._deadlines = DeadlineWatch(clock)
         self._inflight = InFlight()
+        self._observers: list[Observer] = []
+        self._observer_failed = False
+        # Pipe-wide keys: top-level ones reach every node, the entry's included.
+        pipe_keys = self.config.nodes[self._entries[0]].params
+        self._trace_rate = get_float(pipe_keys, "trace_rate", 0.0, node=self._entries[0], minimum=0.0)
+        if self._trace_rate > 1.0:
+            raise ConfigError(f"trace_rate must be within 0..1, got {self._trace_rate}", key="trace_rate")
+        trace_file = pipe_keys.get("trace_file")
+        self._exporter = TraceExporter(str(trace_file or DEFAULT_TRACE_FILE))
+        self._tracing = False
         self._close_lock = threading.Lock()
         self._state = PipeState.READY
 
     # ----------------------------------------------------------------- calls
-    def __call__(self, item: Item | list[Item], *, timeout: float | None = None) -> Any:
+    def __call__(self, item: Item | list[Item], *, timeout: float | None = None, trace: TraceOption = None) -> Any:
         """Process ``item`` (or a list of items) and block until done.
 
         The item's dict is updated in place: ``result`` and any keys the nodes set. For a list,
         every item gets its own outcome; once all are done, the first failing item's error (in
         list order) is raised, the others being updated.
+
+        ``trace`` asks for (or against) a trace of the request (:data:`TraceOption`).
 
         Returns:
             the item (or the list) that was passed in.
@@ -147,13 +172,13 @@ class Pipe:
                 PipeClosed...).
         """
         if isinstance(item, list):
-            return self._call_many(item, timeout)
+            return self._call_many(item, timeout, trace)
         event = item.get("event") if isinstance(item, dict) else None
         if isinstance(event, Event):
-            future = self.submit(item, timeout=timeout)
+            future = self.submit(item, timeout=timeout, trace=trace)
             future.add_done_callback(lambda done: event.set_outcome(done.exception()))
             return item
-        request = self._admit(item, timeout)
+        request = self._admit(item, timeout, trace)
         request.caller = threading.get_ident()
         try:
             # A request with a deadline is never run inline: its caller must be free to time out.
@@ -164,13 +189,13 @@ class Pipe:
         self._wait(request)
         return item
 
-    def submit(self, item: Item, *, timeout: float | None = None) -> Future[Item]:
+    def submit(self, item: Item, *, timeout: float | None = None, trace: TraceOption = None) -> Future[Item]:
         """Queue ``item`` and return a Future resolving to it (updated) or to the error.
 
         Raises:
             InputError, Overloaded, PipeClosed: the item was not admitted.
         """
-        request = self._admit(item, timeout)
+        request = self._admit(item, timeout, trace)
         future = request.attach_future()
         self._deadlines.watch(request)
         try:
@@ -181,7 +206,7 @@ class Pipe:
         return future
 
     def submit_many(
-        self, items: list[Item], *, timeout: float | None = None, inline: bool = False
+        self, items: list[Item], *, timeout: float | None = None, inline: bool = False, trace: TraceOption = None
     ) -> list[Future[Item]]:
         """Queue several items together (those sharing an entry may share a batch) and return a
         Future for each, as :meth:`submit` does for one.
@@ -191,24 +216,33 @@ class Pipe:
         loop, which must never block on costly work but loses more to a hand-off than such a
         node costs. The Futures are then already done on return.
 
+        ``trace`` applies to every item (each is a request with its own trace; a ``traceparent``
+        makes them siblings under the caller's span).
+
         Raises:
             InputError, Overloaded, PipeClosed: an item was not admitted (then none is queued).
         """
         futures = []
-        for request in self._start_many(items, timeout, futures=True, cheap_inline=inline):
+        for request in self._start_many(items, timeout, futures=True, cheap_inline=inline, trace=trace):
             assert request.future is not None  # attached by _start_many
             futures.append(request.future)
         return futures
 
-    async def acall(self, item: Item, *, timeout: float | None = None) -> Item:
+    async def acall(self, item: Item, *, timeout: float | None = None, trace: TraceOption = None) -> Item:
         """Process ``item`` without blocking the event loop; returns the updated item.
 
         Cancelling the awaiting task cancels the request: an item still queued never runs.
         """
-        return await asyncio.wrap_future(self.submit(item, timeout=timeout))
+        return await asyncio.wrap_future(self.submit(item, timeout=timeout, trace=trace))
 
     def _start_many(
-        self, items: list[Item], timeout: float | None, *, futures: bool, cheap_inline: bool = False
+        self,
+        items: list[Item],
+        timeout: float | None,
+        *,
+        futures: bool,
+        cheap_inline: bool = False,
+        trace: TraceOption = None,
     ) -> list[Request]:
         """Admit every item, then start them together (for :meth:`submit_many` with Futures, for
         a blocking list call with the calling thread as their caller). If any item is refused,
@@ -216,7 +250,7 @@ class Pipe:
         requests: list[Request] = []
         try:
             for item in items:
-                requests.append(self._admit(item, timeout))
+                requests.append(self._admit(item, timeout, trace))
             caller = None if futures else threading.get_ident()
             for request in requests:
                 request.caller = caller
@@ -230,8 +264,8 @@ class Pipe:
             raise
         return requests
 
-    def _call_many(self, items: list[Item], timeout: float | None) -> list[Item]:
-        requests = self._start_many(items, timeout, futures=False)
+    def _call_many(self, items: list[Item], timeout: float | None, trace: TraceOption) -> list[Item]:
+        requests = self._start_many(items, timeout, futures=False, trace=trace)
         first_error: BaseException | None = None
         for request in requests:
             try:
@@ -242,7 +276,7 @@ class Pipe:
             raise first_error
         return items
 
-    def _admit(self, item: Any, timeout: float | None) -> Request:
+    def _admit(self, item: Any, timeout: float | None, trace: TraceOption = None) -> Request:
         if self._state is not PipeState.READY:
             raise PipeClosed("the pipe is closed" if self._state is PipeState.CLOSED else "the pipe is draining")
         if not isinstance(item, dict):
@@ -261,7 +295,42 @@ class Pipe:
         seconds = self._entry_timeouts[entry] if timeout is None else timeout
         deadline = self._clock() + seconds if seconds else None
         self._inflight.enter()
-        return Request(item, deadline, entry, self._inflight)
+        request = Request(item, deadline, entry, self._inflight)
+        if self._observers:
+            request.observe = self._observe
+            request.started = self._clock()
+        if trace is not None or self._trace_rate:
+            self._sample(request, trace)
+        return request
+
+    def _sample(self, request: Request, trace: TraceOption) -> None:
+        """Give ``request`` a trace if it is sampled (NOTE [traces])."""
+        parent = parse_traceparent(trace) if isinstance(trace, str) else None
+        if parent is not None:
+            sampled = parent.sampled
+        elif trace is None or isinstance(trace, str):  # no (valid) traceparent: the pipe's rate
+            sampled = self._trace_rate > 0 and random.random() < self._trace_rate
+        else:
+            sampled = trace
+        if not sampled:
+            return
+        if not self._tracing:
+            self._tracing = True
+            for node in self._nodes.values():
+                node.enable_tracing()
+        request.trace = Trace(request.entry, self._clock, self._clock(), self._exporter, parent)
+
+    def _observe(self, request: Request, error: BaseException | None) -> None:
+        seconds = self._clock() - request.started
+        if request.cancelled:
+            error = CancelledError()
+        for observer in self._observers:
+            try:
+                observer(request.entry, seconds, error)
+            except Exception:  # an observer must never cost a request its outcome
+                if not self._observer_failed:
+                    self._observer_failed = True
+                    log.exception("a pipe observer failed (reported once)")
 
     def _wait(self, request: Request) -> None:
         remaining = None if request.deadline is None else max(0.0, request.deadline - self._clock())
@@ -345,6 +414,34 @@ class Pipe:
                         todo.append(jump)
         return seen
 
+    @property
+    def pending(self) -> int:
+        """Requests admitted that have no outcome yet."""
+        return self._inflight.count
+
+    # ----------------------------------------------------------------- observing
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` each request's outcome from now on (see :data:`Observer`); it runs
+        on the thread that resolves the request, before the caller learns the outcome, so it must
+        be quick. One that raises is logged once and ignored. A request admitted before the call
+        is not observed."""
+        self._observers = [*self._observers, observer]
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer`` (requests already admitted still tell it)."""
+        self._observers = [o for o in self._observers if o is not observer]
+
+    def add_trace_sink(self, sink: TraceSink) -> None:
+        """Send each finished trace to ``sink``: a callable taking the trace's spans, the
+        request's span first, called on the pipe's exporter thread (NOTE [traces]). With none
+        added, traces go to OpenTelemetry when its SDK is configured, else to the JSON-lines
+        file ``trace_file`` (default ``pipeserve-traces.jsonl``)."""
+        self._exporter.add_sink(sink)
+
+    def flush_traces(self, timeout: float = 5.0) -> bool:
+        """Wait until the traces of every request finished so far reached the sinks."""
+        return self._exporter.flush(timeout)
+
     def statistics(self) -> Mapping[str, NodeStatistics]:
         """A frozen snapshot of each scheduled node's statistics, with one entry per instance
         (see :class:`~pipeserve.statistics.NodeStatistics`)."""
@@ -385,6 +482,7 @@ class Pipe:
         for node in self._nodes.values():
             node.close(max(0.0, end - self._clock()) if drain else timeout)
         self._deadlines.close()
+        self._exporter.close()
 
     def __enter__(self) -> Pipe:
         return self

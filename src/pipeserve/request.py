@@ -18,6 +18,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from .errors import RequestTimeout
+from .tracing import Trace
 
 __all__ = ["DeadlineWatch", "InFlight", "Request"]
 
@@ -77,6 +78,10 @@ class Request:
         entry: the node the request starts at.
         caller: the thread blocked on this request (a blocking call), or None.
         inflight: told when the request gets its outcome, if given.
+        trace: the request's trace when it is sampled (NOTE [traces] in :mod:`pipeserve.tracing`).
+        observe: told ``(request, error)`` when the request gets its outcome, before its caller
+            learns it (the pipe's observers, see :meth:`pipeserve.Pipe.add_observer`), or None.
+        started: the clock reading at admission (set where an observer or a trace needs it).
     """
 
     __slots__ = (
@@ -90,6 +95,9 @@ class Request:
         "future",
         "inflight",
         "item",
+        "observe",
+        "started",
+        "trace",
     )
 
     def __init__(self, caller_item: Item, deadline: float | None, entry: str, inflight: InFlight | None = None) -> None:
@@ -102,6 +110,9 @@ class Request:
         self.future: Future[Item] | None = None
         self.error: BaseException | None = None
         self.inflight = inflight
+        self.trace: Trace | None = None
+        self.observe: Callable[[Request, BaseException | None], None] | None = None
+        self.started = 0.0
         self._gate = threading.Lock()
         self._done = threading.Lock()  # held until an outcome is delivered
         self._done.acquire()
@@ -117,6 +128,16 @@ class Request:
             self._done.release()  # let any other waiter through too
             return True
         return False
+
+    @property
+    def span(self) -> int:
+        """The span node visits of this request are children of (its trace's root span)."""
+        return self.trace.root_id if self.trace is not None else 0
+
+    @property
+    def cancelled(self) -> bool:
+        """The caller cancelled the request's Future."""
+        return self.future is not None and self.future.cancelled()
 
     @property
     def finished(self) -> bool:
@@ -152,6 +173,12 @@ class Request:
 
     def _resolve(self, result: Item | None, error: BaseException | None) -> bool:
         self.error = error
+        # Observers and the trace learn the outcome before the caller does, so that a count read
+        # after a call returns includes it.
+        if self.trace is not None:
+            self.trace.finish(error, cancelled=self.cancelled)
+        if self.observe is not None:
+            self.observe(self, error)
         self._done.release()
         if self.inflight is not None:
             self.inflight.leave()

@@ -84,6 +84,8 @@ class InstanceStatistics:
         state: ``starting``, ``idle``, ``assigned``, ``running``, ``borrowed`` or ``closed``.
         batches, items: what it ran so far (borrowed runs included).
         running: items in the batch it is running now.
+        compute_seconds: its time in ``forward`` so far (its busy time; batches running now
+            count once they end).
     """
 
     index: int
@@ -92,6 +94,7 @@ class InstanceStatistics:
     batches: int
     items: int
     running: int
+    compute_seconds: float = 0.0
 
     @classmethod
     def of(cls, instance: Instance) -> InstanceStatistics:
@@ -103,6 +106,7 @@ class InstanceStatistics:
             instance.batches,
             instance.items,
             len(instance.current or ()),
+            instance.compute_seconds,
         )
 
 

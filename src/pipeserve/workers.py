@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .backend import Options
 from .batching import Task
 from .config import NodeConfig
-from .delivery import deliver, deliver_batch, flush, run_batch
+from .delivery import deliver, deliver_batch, flush, run_batch, trace_batch
 from .dispatch import Dispatcher
 from .errors import ConfigError, PipeClosed, PipeServeError
 from .instance import Instance, State
@@ -75,6 +75,7 @@ class Workers:
         self._dispatch = dispatcher
         self._clock = clock
         self._isolate = settings.isolate
+        self.tracing = False  # set once a traced request may reach this node (NOTE [traces])
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
@@ -165,6 +166,8 @@ class Workers:
         """Run ``batch`` on ``instance`` (its worker's, or borrowed by the calling thread),
         deliver its outcomes, free the instance, then hand the items on (NOTE [hand-off])."""
         failures = run_batch(instance, batch, self._isolate)
+        if self.tracing:
+            trace_batch(instance, batch, failures, self._clock())
         if failures:
             with self._lock:
                 self._dispatch.stats.errors += len(failures)

@@ -28,12 +28,18 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 @dataclass
 class LoadResult:
-    """What one load run measured. Latencies are in seconds."""
+    """What one load run measured. Latencies are in seconds.
+
+    ``completions[i]`` is when the request of ``latencies[i]`` completed, in seconds from the start
+    of the measuring window (closed loop) or from the first scheduled send (open loop); the two
+    lists have the same length and order (not necessarily time order).
+    """
 
     label: str
     clients: int
     seconds: float
     latencies: list[float] = field(default_factory=list)
+    completions: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
 
@@ -111,6 +117,7 @@ def run_closed_loop(
 
     def client(index: int) -> None:
         latencies: list[float] = []
+        completions: list[float] = []
         errors = 0
         first_error = ""
         sequence = index
@@ -132,9 +139,11 @@ def run_closed_loop(
             if begin <= done <= end:  # completions inside the window, whenever they were sent
                 if ok:
                     latencies.append(done - sent)
+                    completions.append(done - begin)
                 counter[0] += 1  # progress display only; an occasional lost update is harmless
         with lock:
             result.latencies.extend(latencies)
+            result.completions.extend(completions)
             result.errors += errors
             result.first_error = result.first_error or first_error
 
@@ -177,10 +186,11 @@ def run_open_loop(
 
     def finished(scheduled: float) -> Callable[[Future[Any]], None]:
         def record(future: Future[Any]) -> None:
-            latency = time.perf_counter() - scheduled
+            now = time.perf_counter()
             with lock:
                 if future.exception() is None:
-                    result.latencies.append(latency)
+                    result.latencies.append(now - scheduled)
+                    result.completions.append(now - start)
                 else:
                     result.errors += 1
                     result.first_error = result.first_error or repr(future.exception())
