@@ -13,6 +13,11 @@ if [ -x "$tools/get-perf-analyzer.sh" ] || [ -f "$tools/get-perf-analyzer.sh" ];
   bash "$tools/get-perf-analyzer.sh" "$root/.venv/perf_analyzer" >/dev/null \
     || echo "perf_analyzer could not be installed: its tests will be skipped"
 fi
+# Chromium: the status page's test opens it headless (Debian's package; we are root in CI).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "chromium could not be installed: the status page's browser test will be skipped"
+fi
 cd "$root"
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks

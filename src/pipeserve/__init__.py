@@ -11,7 +11,7 @@ Importing this package does no I/O, starts no thread and imports no optional dep
 """
 
 from .backend import Backend, Options, PartialFailure
-from .description import EntryDescription, NodeDescription, PipeDescription
+from .description import EntryDescription, GraphNodeDescription, NodeDescription, PipeDescription
 from .errors import (
     BackendError,
     ComputeTimeout,
@@ -51,6 +51,7 @@ __all__ = [
     "EntryDescription",
     "Event",
     "FilterError",
+    "GraphNodeDescription",
     "Health",
     "InputError",
     "InstanceHealth",

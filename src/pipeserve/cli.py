@@ -133,6 +133,9 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         cpu_count=args.cpu_count,
         max_body=args.max_body,
+        metrics=args.metrics,
+        trace_rate=args.trace_rate,
+        trace_file=args.trace_file,
     )
     server.run()
     return 0
@@ -172,6 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     served.add_argument("--access-log", action="store_true", help="log id, model, status and latency per request")
     served.add_argument("--cpu-count", type=int, default=None, help="cores the models share (default: all)")
     served.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="largest request body in bytes")
+    served.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve GET /metrics (default: when prometheus-client is installed)",
+    )
+    served.add_argument("--trace-rate", type=float, default=None, help="share of requests traced (0..1)")
+    served.add_argument(
+        "--trace-file", default=None, help="JSON-lines file for traces (default: OpenTelemetry if set up)"
+    )
 
     load = commands.add_parser("bench", help="load-test a pipeline configuration")
     load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline (with --url: a model name)")

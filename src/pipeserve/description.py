@@ -7,11 +7,11 @@ and configuration, the status page draws it, the Ray adapter sizes replicas by i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .signature import TensorSpec
 
-__all__ = ["EntryDescription", "NodeDescription", "PipeDescription"]
+__all__ = ["EntryDescription", "GraphNodeDescription", "NodeDescription", "PipeDescription"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,29 @@ class EntryDescription:
 
 
 @dataclass(frozen=True)
+class GraphNodeDescription:
+    """One node of the graph, as drawn (logical nodes and Jump/MapReduce nodes included).
+
+    Attributes:
+        name: its name; kind: ``compute``, ``jump`` or ``mapreduce``.
+        scheduler: the scheduled node that runs it (itself, or the node a logical node runs on;
+            None for Jump/MapReduce); next: the nodes it feeds; jump: the sub-graph it starts
+            (Jump/MapReduce); filter: its filter, if any.
+    """
+
+    name: str
+    kind: str
+    scheduler: str | None
+    next: tuple[str, ...]
+    jump: str | None
+    filter: str | None
+
+
+@dataclass(frozen=True)
 class PipeDescription:
-    """The whole pipe: its entries (in order, the default first) and its scheduled nodes."""
+    """The whole pipe: its entries (in order, the default first), its scheduled nodes, and its
+    graph (every node, in configuration order, with its links)."""
 
     entries: Mapping[str, EntryDescription]
     nodes: Mapping[str, NodeDescription]
+    graph: Mapping[str, GraphNodeDescription] = field(default_factory=dict)

@@ -34,7 +34,7 @@ from typing import Any
 
 from .budget import machine_cores, share
 from .config import get_float, load_config
-from .description import EntryDescription, NodeDescription, PipeDescription
+from .description import EntryDescription, GraphNodeDescription, NodeDescription, PipeDescription
 from .errors import ConfigError, InputError, PipeClosed
 from .events import Event
 from .executor import Executor
@@ -399,7 +399,18 @@ class Pipe:
                     if self.graph.nodes[n].physical in nodes
                 ),
             )
-        return PipeDescription(MappingProxyType(entries), MappingProxyType(nodes))
+        graph = {
+            name: GraphNodeDescription(
+                name=name,
+                kind=node.kind,
+                scheduler=node.physical if node.kind == COMPUTE else None,
+                next=tuple(node.next),
+                jump=node.jump,
+                filter=node.filter,
+            )
+            for name, node in self.graph.nodes.items()
+        }
+        return PipeDescription(MappingProxyType(entries), MappingProxyType(nodes), MappingProxyType(graph))
 
     def _visited(self, entry: str) -> set[str]:
         """The graph nodes a request from ``entry`` may visit, through Jump targets too."""
@@ -430,6 +441,17 @@ class Pipe:
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer`` (requests already admitted still tell it)."""
         self._observers = [o for o in self._observers if o is not observer]
+
+    @property
+    def trace_rate(self) -> float:
+        """The share of requests traced when a call does not say (``trace_rate`` key, 0..1)."""
+        return self._trace_rate
+
+    @trace_rate.setter
+    def trace_rate(self, rate: float) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"trace_rate must be within 0..1, got {rate}", key="trace_rate")
+        self._trace_rate = float(rate)
 
     def add_trace_sink(self, sink: TraceSink) -> None:
         """Send each finished trace to ``sink``: a callable taking the trace's spans, the

@@ -226,7 +226,15 @@ def write_plot(report: Report, path: str | os.PathLike[str]) -> None:
     positive: list[float] = []
     for step, colour in zip(steps, colours, strict=True):
         samples, windows = step["samples"], step["windows"]
-        left.scatter(samples["t_s"], samples["latency_ms"], s=4, color=colour, alpha=0.25, linewidths=0)
+        few = len(samples["t_s"]) < 200  # a slow pipeline's few requests: each dot should show
+        left.scatter(
+            samples["t_s"],
+            samples["latency_ms"],
+            s=12 if few else 4,
+            color=colour,
+            alpha=0.5 if few else 0.25,
+            linewidths=0,
+        )
         p50 = [math.nan if value is None else value for value in windows["p50_ms"]]
         p99 = [math.nan if value is None else value for value in windows["p99_ms"]]
         left.plot(windows["t_s"], p50, color=colour, label=str(step["summary"]["label"]), marker=".")
@@ -262,7 +270,7 @@ def write_plot(report: Report, path: str | os.PathLike[str]) -> None:
     right.grid(alpha=0.3)
     handles = right.get_legend_handles_labels()
     extra = second.get_legend_handles_labels()
-    right.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="upper left")
+    right.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="best")
 
     figure.suptitle(
         f"pipeserve bench {meta['config']} ({meta['target']}): pipeserve {meta['pipeserve']}, {meta['python']}, "

@@ -46,6 +46,7 @@ def app(
     access_log: bool = False,
     cpu_count: int | None = None,
     max_body: int = 64 * 1024 * 1024,
+    metrics: bool | None = None,
 ) -> HttpApp:
     """Load the models of ``sources`` and return the ASGI application serving them over HTTP.
 
@@ -58,4 +59,4 @@ def app(
     repository.load_all()
     state = ServerState(repository, timeout=timeout, access_log=access_log)
     state.started = True
-    return HttpApp(state, max_body=max_body)
+    return HttpApp(state, max_body=max_body, metrics=metrics)

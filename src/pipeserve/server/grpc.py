@@ -89,6 +89,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
                 request.model_name,
                 lambda model: oip.grpc_codec.decode_request(request, inputs=model.inputs, outputs=model.outputs),
                 timeout,
+                _traceparent(context),
             )
             if not submitted.done:
                 await model.wait(submitted)
@@ -127,3 +128,11 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: 
 
             raise ModelNotFound(f"unknown version {version!r} of model {name!r}; pipeserve serves version 1")
         return self.state.repository.get(name)
+
+
+def _traceparent(context: grpc.aio.ServicerContext) -> str | None:
+    """The W3C ``traceparent`` the client sent in its metadata, if any (NOTE [traces])."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent":
+            return value if isinstance(value, str) else bytes(value).decode("latin-1")
+    return None

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import InputError, __version__, oip
 from .errors import BodyTooLarge, ModelNotFound, status_of
+from .observe import Observatory
 from .state import ServerState, config_parameter
 
 __all__ = ["HttpApp"]
@@ -60,9 +61,10 @@ class HttpApp:
         max_body: the largest request body accepted, in bytes (larger: 413).
     """
 
-    def __init__(self, state: ServerState, *, max_body: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, state: ServerState, *, max_body: int = 64 * 1024 * 1024, metrics: bool | None = None) -> None:
         self.state = state
         self.max_body = max_body
+        self.observatory = Observatory(state, metrics=metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -92,7 +94,9 @@ class HttpApp:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str, str]:
         method, parts = scope["method"], scope["path"].strip("/").split("/")
         if parts[0] != "v2":
-            raise _Reply(404, oip.error_body("Not Found"))
+            _expect(method, "GET")
+            await self._observe(send, parts)
+            return 200, "", ""
         rest = parts[1:]
         if len(rest) >= 2 and rest[0] == "models" and not (len(rest) == 2 and rest[1] == "stats"):
             model, tail = rest[1], rest[2:]
@@ -149,22 +153,46 @@ class HttpApp:
             return 200, model, ""
         raise _Reply(404, oip.error_body("Not Found"))
 
+    async def _observe(self, send: Send, parts: list[str]) -> None:
+        """``/metrics``, ``/status.json``, the status page (``/``) and its files (``/static/F``)."""
+        observatory = self.observatory
+        if parts == ["metrics"]:
+            exported = await asyncio.to_thread(observatory.metrics)
+            if exported is None:
+                raise _Reply(404, oip.error_body("metrics are off (install prometheus-client, or drop --no-metrics)"))
+            body, content_type = exported
+            await _send(send, 200, body, [(b"content-type", content_type.encode("latin-1"))])
+            return
+        if parts == ["status.json"]:
+            await _json(send, 200, await asyncio.to_thread(observatory.status))
+            return
+        found = observatory.static("index.html" if parts == [""] else parts[1]) if parts[0] in ("", "static") else None
+        if found is None or (parts[0] == "static" and len(parts) != 2):
+            raise _Reply(404, oip.error_body("Not Found"))
+        body, content_type = found
+        headers = [(b"content-type", content_type.encode("latin-1")), (b"cache-control", b"no-cache")]
+        await _send(send, 200, body, headers)
+
     async def _infer(self, scope: Scope, receive: Receive, send: Send, name: str) -> tuple[int, str, str]:
         self.state.repository.get(name)  # an unknown model is 404 before its body is read
         body = await _read(scope, receive, self.max_body)
         header_length = None
         accept = b""
+        traceparent: str | None = None
         for key, value in scope["headers"]:
             if key == _HEADER:
                 header_length = value.decode("latin-1")
             elif key == b"accept-encoding":
                 accept = value
+            elif key == b"traceparent":
+                traceparent = value.decode("latin-1")
         model, submitted = self.state.submit(
             name,
             lambda model: oip.http_codec.decode_request(
                 body, header_length, inputs=model.inputs, outputs=model.outputs
             ),
             None,
+            traceparent,
         )
         request = submitted.request
         if not submitted.done:

@@ -18,7 +18,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from .. import InputError, Pipe, TensorSpec, oip
+from .. import InputError, Pipe, TensorSpec, TraceOption, oip
+from ..metrics import RequestTally, model_counters
 
 __all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel", "Submitted"]
 
@@ -46,18 +47,6 @@ class Submitted:
     def done(self) -> bool:
         """Every item has its outcome (always so when the entry ran inline)."""
         return all(future.done() for future in self.futures)
-
-
-@dataclass
-class _Tally:
-    """Counters kept by the server (on its event loop thread)."""
-
-    success: int = 0
-    success_ns: int = 0
-    fail: int = 0
-    fail_ns: int = 0
-    items: int = 0
-    last_ms: int = 0
 
 
 class ServedModel:
@@ -99,7 +88,7 @@ class ServedModel:
             max_queue_delay_us=int(1000 * node.batching_timeout_ms) if node else 0,
             instance_count=sum(n.instances for n in described.nodes.values()),
         )
-        self._tally = _Tally()
+        self.tally = RequestTally()
 
     # ----------------------------------------------------------------- inference
     async def infer(self, request: oip.InferRequest, timeout: float | None = None) -> oip.InferResponse:
@@ -114,14 +103,16 @@ class ServedModel:
             await self.wait(submitted)
         return self.respond(submitted)
 
-    def submit(self, request: oip.InferRequest, timeout: float | None = None) -> Submitted:
+    def submit(self, request: oip.InferRequest, timeout: float | None = None, trace: TraceOption = None) -> Submitted:
         """Split ``request`` into items and queue them together (a cheap entry runs them on this
         thread at once, see :meth:`pipeserve.Pipe.submit_many`).
 
         ``timeout`` bounds the request in seconds; the request's own ``timeout`` parameter
-        (microseconds) wins when it is shorter.
+        (microseconds) wins when it is shorter. ``trace`` applies to each item (a
+        ``traceparent`` header's value, or the request's ``trace`` parameter).
         """
         start = time.perf_counter_ns()
+        self.tally.admitted()
         try:
             items = oip.split_batch(request.inputs, self.inputs)
             if len(items) > self.max_batch_size:
@@ -131,9 +122,11 @@ class ServedModel:
             asked = request.timeout_s
             if asked is not None and (timeout is None or asked < timeout):
                 timeout = asked
-            futures = self.pipe.submit_many(items, timeout=timeout, inline=True)
-        except BaseException:
-            self._failed(start)
+            if trace is None and request.parameters.get("trace") is not None:
+                trace = bool(request.parameters["trace"])
+            futures = self.pipe.submit_many(items, timeout=timeout, inline=True, trace=trace)
+        except BaseException as exc:
+            self._failed(start, exc)
             raise
         return Submitted(request, items, futures, start)
 
@@ -147,10 +140,10 @@ class ServedModel:
                 await waiting[0]
             else:
                 await asyncio.gather(*waiting)
-        except BaseException:
+        except BaseException as exc:
             for future in futures:
                 future.cancel()
-            self._failed(submitted.start)
+            self._failed(submitted.start, exc)
             raise
 
     def respond(self, submitted: Submitted) -> oip.InferResponse:
@@ -164,52 +157,20 @@ class ServedModel:
             for future in submitted.futures:
                 future.result(0)
             outputs = oip.stack_outputs(submitted.items, self.outputs)
-        except BaseException:
-            self._failed(submitted.start)
+        except BaseException as exc:
+            self._failed(submitted.start, exc)
             raise
-        tally = self._tally
-        tally.success += 1
-        tally.success_ns += time.perf_counter_ns() - submitted.start
-        tally.items += len(submitted.items)
-        tally.last_ms = int(time.time() * 1000)
+        seconds = (time.perf_counter_ns() - submitted.start) / 1e9
+        self.tally.record(seconds, items=len(submitted.items), admitted=True)
         return oip.InferResponse(self.name, tuple(outputs), model_version=VERSION, id=submitted.request.id)
 
-    def _failed(self, start: int) -> None:
-        self._tally.fail += 1
-        self._tally.fail_ns += time.perf_counter_ns() - start
+    def _failed(self, start: int, error: BaseException) -> None:
+        self.tally.record((time.perf_counter_ns() - start) / 1e9, error, admitted=True)
 
     def counters(self) -> oip.ModelCounters:
-        """Triton's statistics for this model: requests from the server's counts, queue and
-        compute from the pipe's statistics. Each node's figures are charged per request, as
-        Triton charges a model's: its batch time to every request in the batch, its queue wait
-        once per request; a node that sees several items per request (MapReduce lines) is scaled
-        down by that fan-out, so that a request's lines, batched together, count their batch once.
-        """
-        tally = self._tally
-        statistics = self.pipe.statistics()
-        requests = max(1, statistics[self.entry].items) if self.entry in statistics else 1
-        queue_s = compute_s = 0.0
-        for node in statistics.values():
-            fanout = max(1.0, node.items / requests)
-            queue_s += node.queue_seconds / fanout
-            compute_s += node.compute_seconds * node.mean_batch_size / fanout
-        entry = statistics.get(self.entry)
-        batches: dict[int, oip.Duration] = {}
-        if entry is not None:
-            per_batch_ns = int(1e6 * entry.mean_compute_ms)
-            batches = {size: oip.Duration(count, count * per_batch_ns) for size, count in entry.batch_sizes.items()}
-        return oip.ModelCounters(
-            name=self.name,
-            version=VERSION,
-            success=oip.Duration(tally.success, tally.success_ns),
-            fail=oip.Duration(tally.fail, tally.fail_ns),
-            queue=oip.Duration(tally.success, int(queue_s * 1e9)),
-            compute=oip.Duration(tally.success, int(compute_s * 1e9)),
-            inference_count=tally.items,
-            execution_count=entry.batches if entry is not None else 0,
-            last_inference_ms=tally.last_ms,
-            batches=batches,
-        )
+        """Triton's statistics for this model: requests from the server's tally, queue and compute
+        charged per request from the pipe's statistics (:func:`pipeserve.metrics.charge`)."""
+        return model_counters(self.name, self.pipe, self.tally.snapshot(), self.entry)
 
     def warm_up(self, samples: list[dict[str, Any]]) -> None:
         """Run ``samples`` (item dicts) through the pipe once, blocking; errors propagate."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import ConfigError, Pipe, instance_count, pipe
+from .. import ConfigError, JsonLinesSink, Pipe, instance_count, pipe
 from .errors import ModelNotFound, ModelNotReady
 from .model import ServedModel
 
@@ -49,14 +49,27 @@ class Repository:
         sources: configuration files, folders of them, or ``ocr``.
         cpu_count: cores the models share (default: the machine's).
         drain_timeout: how long a replaced or unloaded model may take to finish its requests.
+        trace_rate: the share of requests every model traces (None: each configuration's own).
+        trace_file: a JSON-lines file every model's traces go to (None: the pipes' default,
+            NOTE [traces]).
 
     Raises:
         ConfigError: a source that does not exist, or two models of one name.
     """
 
-    def __init__(self, sources: Sequence[str], *, cpu_count: int | None = None, drain_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        sources: Sequence[str],
+        *,
+        cpu_count: int | None = None,
+        drain_timeout: float = 30.0,
+        trace_rate: float | None = None,
+        trace_file: str | None = None,
+    ) -> None:
         self.cpu_count = cpu_count or os.cpu_count() or 1
         self.drain_timeout = drain_timeout
+        self.trace_rate = trace_rate
+        self.trace_file = trace_file
         self._configs: dict[str, tuple[Config, Path | None]] = {}
         for source in sources:
             for name, config, folder in _expand(source):
@@ -178,6 +191,10 @@ class Repository:
     def _build(self, name: str, source: Config, folder: Path | None) -> ServedModel:
         built: Pipe = pipe(source, cpu_count=self._share(name, source))
         try:
+            if self.trace_rate is not None:
+                built.trace_rate = self.trace_rate
+            if self.trace_file is not None:
+                built.add_trace_sink(JsonLinesSink(self.trace_file))
             model = ServedModel(name, built, str(source) if not isinstance(source, Mapping) else name)
             model.warm_up(_warm_up_items(model, folder))
         except BaseException:

@@ -42,6 +42,10 @@ class Server:
         access_log: log one line per HTTP request.
         cpu_count: cores the models share (default: the machine's).
         max_body: the largest HTTP request body, in bytes.
+        metrics: serve ``GET /metrics`` (None: when prometheus-client is installed).
+        trace_rate: the share of requests traced, for every model (None: each one's own).
+        trace_file: the JSON-lines file traces go to (None: OpenTelemetry when configured, else
+            each pipe's ``trace_file``).
 
     Example::
 
@@ -61,14 +65,19 @@ class Server:
         access_log: bool = False,
         cpu_count: int | None = None,
         max_body: int = 64 * 1024 * 1024,
+        metrics: bool | None = None,
+        trace_rate: float | None = None,
+        trace_file: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.grpc_port = grpc_port
         self.drain_timeout = drain_timeout
-        self.repository = Repository(sources, cpu_count=cpu_count, drain_timeout=drain_timeout)
+        self.repository = Repository(
+            sources, cpu_count=cpu_count, drain_timeout=drain_timeout, trace_rate=trace_rate, trace_file=trace_file
+        )
         self.state = ServerState(self.repository, timeout=timeout, access_log=access_log)
-        self.app = HttpApp(self.state, max_body=max_body)
+        self.app = HttpApp(self.state, max_body=max_body, metrics=metrics)
         self._uvicorn: Any = None
         self._grpc: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None

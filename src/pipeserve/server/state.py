@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import InputError, PipeClosed, oip
+from .. import InputError, PipeClosed, TraceOption, oip
 from .model import ServedModel, Submitted
 from .repository import Repository
 
@@ -61,7 +61,11 @@ class ServerState:
         )
 
     def submit(
-        self, name: str, decode: Callable[[ServedModel], oip.InferRequest], timeout: float | None
+        self,
+        name: str,
+        decode: Callable[[ServedModel], oip.InferRequest],
+        timeout: float | None,
+        trace: TraceOption = None,
     ) -> tuple[ServedModel, Submitted]:
         """Decode a request for model ``name`` and put its items in the pipe.
 
@@ -73,13 +77,14 @@ class ServerState:
             ModelNotFound, ModelNotReady, InputError, and what the pipe refuses with.
         """
         model = self.repository.get(name)
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return model, model.submit(decode(model), self.timeout if timeout is None else timeout)
+            return model, model.submit(decode(model), timeout, trace)
         except PipeClosed:
             current = self.repository.get(name)
             if current is model:
                 raise
-        return current, current.submit(decode(current), self.timeout if timeout is None else timeout)
+        return current, current.submit(decode(current), timeout, trace)
 
     async def load(self, name: str, config: Mapping[str, Any] | None) -> None:
         """Load (or reload) a model without blocking the event loop."""

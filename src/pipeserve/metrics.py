@@ -1,0 +1,449 @@
+"""Prometheus metrics of pipes: Triton's names per model, pipeserve's own per node and instance.
+
+In your own service, one call exposes a pipe's metrics in ``prometheus_client``'s default
+registry (``pipeserve[metrics]``)::
+
+    import pipeserve, pipeserve.metrics
+    pipe = pipeserve.pipe("ocr.toml")
+    pipeserve.metrics.register(pipe, model="ocr")    # then serve prometheus_client's registry
+
+``pipeserve serve`` serves the same families at ``GET /metrics`` for every loaded model.
+
+NOTE [metric sources]
+Nothing is counted for metrics alone on a request's path. Per-node figures are the pipe's own
+statistics (``Pipe.statistics()``), read when Prometheus scrapes. Per-model request counts and
+latencies come from a :class:`RequestTally`: the server's handlers record each protocol request
+in it; for an in-process pipe, :func:`register` adds an observer (``Pipe.add_observer``) that
+records each request. A scrape reads both under short locks and builds the families then (a
+custom collector), so the cost of metrics is the tally's few additions per request and the
+scrape itself. docs/observability.md lists every family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import CancelledError as FutureCancelled
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import BackendError, MissingDependencyError, NodeStatistics, Overloaded, Pipe, oip
+
+__all__ = [
+    "BATCH_BUCKETS",
+    "LATENCY_BUCKETS",
+    "PipeCollector",
+    "RequestTally",
+    "TallySnapshot",
+    "WatchedModel",
+    "charge",
+    "exposition",
+    "failure_reason",
+    "model_counters",
+    "register",
+    "server_registry",
+]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's failure reasons
+RECENT = 4096  # latencies kept for the recent percentiles
+VERSION = "1"
+
+
+def failure_reason(error: BaseException) -> str:
+    """Triton's reason label for a failed request: ``REJECTED`` (refused: the queue was full),
+    ``CANCELED`` (the caller cancelled or went away), ``BACKEND`` (a backend raised, its worker
+    died or hung) or ``OTHER`` (deadline passed, bad input, shutting down...)."""
+    if isinstance(error, Overloaded):
+        return "REJECTED"
+    if isinstance(error, (FutureCancelled, asyncio.CancelledError)):
+        return "CANCELED"
+    if isinstance(error, BackendError):
+        return "BACKEND"
+    return "OTHER"
+
+
+@dataclass(frozen=True)
+class TallySnapshot:
+    """A :class:`RequestTally` as of one moment.
+
+    Attributes:
+        success, success_seconds: requests that succeeded and their total latency.
+        failures: per reason (:func:`failure_reason`), requests that failed and their total time.
+        errors: failed requests per error class name.
+        items: items in the requests that succeeded (a request with a batch of 4 counts 4).
+        buckets: cumulative counts of all requests' latencies at or below each of
+            :data:`LATENCY_BUCKETS`; total: all requests; total_seconds: their latencies summed.
+        pending: requests admitted without an outcome yet; last_ms: when the last one succeeded
+            (milliseconds since the epoch, 0: never).
+    """
+
+    success: int
+    success_seconds: float
+    failures: Mapping[str, tuple[int, float]]
+    errors: Mapping[str, int]
+    items: int
+    buckets: tuple[int, ...]
+    total: int
+    total_seconds: float
+    pending: int
+    last_ms: int
+
+    @property
+    def fail(self) -> int:
+        """Requests that failed, for every reason."""
+        return sum(count for count, _ in self.failures.values())
+
+    @property
+    def fail_seconds(self) -> float:
+        """Total time of the requests that failed."""
+        return sum(seconds for _, seconds in self.failures.values())
+
+
+class RequestTally:
+    """One model's request counts and latencies; thread-safe (one short lock per record)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._success = 0
+        self._success_seconds = 0.0
+        self._failures: dict[str, list[float]] = {}
+        self._errors: dict[str, int] = {}
+        self._items = 0
+        self._counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._sum = 0.0
+        self._pending = 0
+        self._last_ms = 0
+        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT)
+
+    def admitted(self, count: int = 1) -> None:
+        """``count`` requests were admitted (a source counting its own pending requests)."""
+        with self._lock:
+            self._pending += count
+
+    def record(
+        self, seconds: float, error: BaseException | None = None, *, items: int = 1, admitted: bool = False
+    ) -> None:
+        """One request's outcome after ``seconds``: None on success, else its error. With
+        ``admitted``, it was counted by :meth:`admitted` and is no longer pending."""
+        slot = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        now = time.monotonic()
+        with self._lock:
+            if admitted:
+                self._pending -= 1
+            self._counts[slot] += 1
+            self._sum += seconds
+            self._recent.append((now, seconds))
+            if error is None:
+                self._success += 1
+                self._success_seconds += seconds
+                self._items += items
+                self._last_ms = int(time.time() * 1000)
+                return
+            entry = self._failures.setdefault(failure_reason(error), [0, 0.0])
+            entry[0] += 1
+            entry[1] += seconds
+            name = type(error).__name__
+            self._errors[name] = self._errors.get(name, 0) + 1
+
+    def observer(self, entry: str, seconds: float, error: BaseException | None) -> None:
+        """A :data:`pipeserve.Observer` recording every request of a pipe."""
+        self.record(seconds, error)
+
+    def snapshot(self) -> TallySnapshot:
+        """The counts as of now."""
+        with self._lock:
+            counts = list(self._counts)
+            failures = {reason: (int(c), s) for reason, (c, s) in self._failures.items()}
+            snapshot = TallySnapshot(
+                success=self._success,
+                success_seconds=self._success_seconds,
+                failures=failures,
+                errors=dict(self._errors),
+                items=self._items,
+                buckets=(),
+                total=sum(counts),
+                total_seconds=self._sum,
+                pending=self._pending,
+                last_ms=self._last_ms,
+            )
+        cumulative, running = [], 0
+        for count in counts[:-1]:
+            running += count
+            cumulative.append(running)
+        return replace(snapshot, buckets=tuple(cumulative))
+
+    def recent_percentiles(self, window: float = 60.0, quantiles: Iterable[float] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
+        """Latency percentiles (milliseconds) of the requests finished in the last ``window``
+        seconds (at most the last :data:`RECENT`), and how many there were."""
+        since = time.monotonic() - window
+        with self._lock:
+            latencies = sorted(seconds for at, seconds in self._recent if at >= since)
+        found: dict[str, Any] = {"count": len(latencies), "window_s": window}
+        for q in quantiles:
+            key = f"p{round(q * 100, 1):g}"
+            found[key] = 1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+        return found
+
+
+def charge(statistics: Mapping[str, NodeStatistics], entry: str) -> tuple[float, float]:
+    """Seconds of queueing and of compute per request in all, as Triton charges a model's: each
+    node's batch time to every request in the batch, its queue wait once per request; a node that
+    sees several items per request (MapReduce lines) is scaled down by that fan-out, so that a
+    request's lines, batched together, count their batch once. Returns ``(queue, compute)``
+    summed over every request so far."""
+    requests = max(1, statistics[entry].items) if entry in statistics else 1
+    queue_s = compute_s = 0.0
+    for node in statistics.values():
+        fanout = max(1.0, node.items / requests)
+        queue_s += node.queue_seconds / fanout
+        compute_s += node.compute_seconds * node.mean_batch_size / fanout
+    return queue_s, compute_s
+
+
+def model_counters(name: str, pipe: Pipe, snapshot: TallySnapshot, entry: str | None = None) -> oip.ModelCounters:
+    """Triton's statistics of a model served by ``pipe`` (its default entry unless ``entry``):
+    requests from the tally, queue and compute from the pipe's statistics (:func:`charge`)."""
+    entry = entry or pipe.entries[0]
+    statistics = pipe.statistics()
+    queue_s, compute_s = charge(statistics, entry)
+    node = statistics.get(entry)
+    batches: dict[int, oip.Duration] = {}
+    if node is not None:
+        per_batch_ns = int(1e6 * node.mean_compute_ms)
+        batches = {size: oip.Duration(count, count * per_batch_ns) for size, count in node.batch_sizes.items()}
+    return oip.ModelCounters(
+        name=name,
+        version=VERSION,
+        success=oip.Duration(snapshot.success, int(snapshot.success_seconds * 1e9)),
+        fail=oip.Duration(snapshot.fail, int(snapshot.fail_seconds * 1e9)),
+        queue=oip.Duration(snapshot.success, int(queue_s * 1e9)),
+        compute=oip.Duration(snapshot.success, int(compute_s * 1e9)),
+        inference_count=snapshot.items,
+        execution_count=node.batches if node is not None else 0,
+        last_inference_ms=snapshot.last_ms,
+        batches=batches,
+    )
+
+
+@dataclass(frozen=True)
+class WatchedModel:
+    """A model whose metrics a :class:`PipeCollector` exports.
+
+    Attributes:
+        name: the ``model`` label; pipe: the pipe serving it; tally: its request counts.
+        entry: the entry its requests start at (None: the pipe's default).
+        pending: requests without an outcome (None: the tally's own count, else the pipe's).
+    """
+
+    name: str
+    pipe: Pipe
+    tally: RequestTally
+    entry: str | None = None
+    pending: Callable[[], int] | None = None
+
+
+class PipeCollector:
+    """A ``prometheus_client`` collector building every family at scrape time from the models
+    that ``models()`` returns then (NOTE [metric sources])."""
+
+    def __init__(self, models: Callable[[], Iterable[WatchedModel]]) -> None:
+        self._models = models
+
+    def describe(self) -> list[Any]:
+        """Nothing up front: the families depend on the models loaded (prometheus_client then
+        skips its own collect-time check on registration)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The families, one sample per model (and node, instance) loaded now."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+        def triton_counter(name: str, doc: str) -> Any:
+            # Triton's counters carry no ``_total`` suffix; prometheus_client adds one to
+            # CounterMetricFamily samples, so these are built as raw metrics.
+            return Metric(name, doc, "counter")
+
+        success = triton_counter("nv_inference_request_success", "Number of successful inference requests")
+        failure = triton_counter("nv_inference_request_failure", "Number of failed inference requests, by reason")
+        count = triton_counter("nv_inference_count", "Number of inferences performed (items, batch included)")
+        executions = triton_counter("nv_inference_exec_count", "Number of batches run by the model's entry node")
+        request_us = triton_counter("nv_inference_request_duration_us", "Cumulative request duration in microseconds")
+        queue_us = triton_counter("nv_inference_queue_duration_us", "Cumulative time requests spent queued, in us")
+        compute_us = triton_counter(
+            "nv_inference_compute_infer_duration_us", "Cumulative compute time charged to requests, in microseconds"
+        )
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Requests admitted without an outcome yet",
+            labels=["model", "version"],
+        )
+        latency = HistogramMetricFamily(
+            "pipeserve_request_duration_seconds", "Request latency, arrival to outcome", labels=["model"]
+        )
+        errors = CounterMetricFamily(
+            "pipeserve_request_failures", "Failed requests by error class", labels=["model", "error"]
+        )
+        node_labels = ["model", "node"]
+        arrived = CounterMetricFamily("pipeserve_node_arrived_items", "Items that reached the node", labels=node_labels)
+        items = CounterMetricFamily("pipeserve_node_items", "Items run in batches", labels=node_labels)
+        batches = CounterMetricFamily("pipeserve_node_batches", "Batches run", labels=node_labels)
+        sizes = HistogramMetricFamily("pipeserve_node_batch_size", "Items per batch", labels=node_labels)
+        releases = CounterMetricFamily(
+            "pipeserve_node_batch_releases", "Batches released, by reason", labels=[*node_labels, "reason"]
+        )
+        inline = CounterMetricFamily(
+            "pipeserve_node_inline_batches", "Batches run on a caller's thread", labels=node_labels
+        )
+        depth = GaugeMetricFamily("pipeserve_node_queue_depth", "Items waiting in the node's queue", labels=node_labels)
+        running = GaugeMetricFamily("pipeserve_node_running_items", "Items in batches running now", labels=node_labels)
+        queue_s = CounterMetricFamily(
+            "pipeserve_node_queue_seconds", "Time items waited in the queue", labels=node_labels
+        )
+        compute_s = CounterMetricFamily(
+            "pipeserve_node_compute_seconds", "Time instances spent computing", labels=node_labels
+        )
+        failed = CounterMetricFamily("pipeserve_node_errors", "Items that failed in a backend", labels=node_labels)
+        expired = CounterMetricFamily(
+            "pipeserve_node_expired", "Items whose deadline passed in the queue", labels=node_labels
+        )
+        rejected = CounterMetricFamily(
+            "pipeserve_node_rejected", "Items refused: the queue was full", labels=node_labels
+        )
+        cancelled = CounterMetricFamily(
+            "pipeserve_node_cancelled", "Items dropped: their request was cancelled or had finished", labels=node_labels
+        )
+        instances = GaugeMetricFamily("pipeserve_node_instances", "Instances by state", labels=[*node_labels, "state"])
+        instance_labels = [*node_labels, "instance"]
+        busy = CounterMetricFamily(
+            "pipeserve_instance_busy_seconds", "Instance time in forward", labels=instance_labels
+        )
+        instance_batches = CounterMetricFamily(
+            "pipeserve_instance_batches", "Batches an instance ran", labels=instance_labels
+        )
+
+        for model in self._models():
+            snap = model.tally.snapshot()
+            counters = model_counters(model.name, model.pipe, snap, model.entry)
+            labels = {"model": model.name, "version": VERSION}
+            success.add_sample("nv_inference_request_success", labels, snap.success)
+            for reason in REASONS:
+                failed_count = snap.failures.get(reason, (0, 0.0))[0]
+                failure.add_sample("nv_inference_request_failure", {**labels, "reason": reason}, failed_count)
+            count.add_sample("nv_inference_count", labels, snap.items)
+            executions.add_sample("nv_inference_exec_count", labels, counters.execution_count)
+            request_us.add_sample(
+                "nv_inference_request_duration_us", labels, (snap.success_seconds + snap.fail_seconds) * 1e6
+            )
+            queue_us.add_sample("nv_inference_queue_duration_us", labels, counters.queue.ns / 1e3)
+            compute_us.add_sample("nv_inference_compute_infer_duration_us", labels, counters.compute.ns / 1e3)
+            waiting = model.pending() if model.pending is not None else snap.pending
+            pending.add_metric([model.name, VERSION], waiting)
+            latency.add_metric(
+                [model.name],
+                [*((_bound(b), c) for b, c in zip(LATENCY_BUCKETS, snap.buckets, strict=True)), ("+Inf", snap.total)],
+                snap.total_seconds,
+            )
+            for name, failed_count in sorted(snap.errors.items()):
+                errors.add_metric([model.name, name], failed_count)
+            for node_name, node in model.pipe.statistics().items():
+                at = [model.name, node_name]
+                arrived.add_metric(at, node.arrived)
+                items.add_metric(at, node.items)
+                batches.add_metric(at, node.batches)
+                sizes.add_metric(at, _batch_buckets(node.batch_sizes), node.items)
+                for reason, released in sorted(node.release_reasons.items()):
+                    releases.add_metric([*at, reason], released)
+                inline.add_metric(at, node.inline)
+                depth.add_metric(at, node.queued)
+                running.add_metric(at, node.running)
+                queue_s.add_metric(at, node.queue_seconds)
+                compute_s.add_metric(at, node.compute_seconds)
+                failed.add_metric(at, node.errors)
+                expired.add_metric(at, node.expired)
+                rejected.add_metric(at, node.rejected)
+                cancelled.add_metric(at, node.dropped)
+                states: dict[str, int] = {}
+                for instance in node.instances:
+                    states[instance.state] = states.get(instance.state, 0) + 1
+                    busy.add_metric([*at, str(instance.index)], instance.compute_seconds)
+                    instance_batches.add_metric([*at, str(instance.index)], instance.batches)
+                for state, number in sorted(states.items()):
+                    instances.add_metric([*at, state], number)
+        yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, latency, errors)
+        yield from (arrived, items, batches, sizes, releases, inline, depth, running, queue_s, compute_s)
+        yield from (failed, expired, rejected, cancelled, instances, busy, instance_batches)
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+def _batch_buckets(batch_sizes: Mapping[int, int]) -> list[tuple[str, float]]:
+    """Cumulative bucket counts of a node's batch-size tally over :data:`BATCH_BUCKETS`."""
+    total = sum(batch_sizes.values())
+    buckets = []
+    for bound in BATCH_BUCKETS:
+        buckets.append((_bound(bound), float(sum(c for size, c in batch_sizes.items() if size <= bound))))
+    buckets.append(("+Inf", float(total)))
+    return buckets
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as exc:
+        raise MissingDependencyError("metrics need prometheus-client: pip install 'pipeserve[metrics]'") from exc
+    return prometheus_client
+
+
+def register(pipe: Pipe, *, model: str = "pipe", entry: str | None = None, registry: Any = None) -> WatchedModel:
+    """Export ``pipe``'s metrics as model ``model`` in ``registry`` (default: prometheus_client's
+    global ``REGISTRY``): the same families ``pipeserve serve`` exports, each request of the pipe
+    counted from now on (an observer records it, NOTE [metric sources]).
+
+    Returns:
+        what is exported; ``registry.unregister`` the collector to stop (see :attr:`collector`).
+
+    Raises:
+        MissingDependencyError: prometheus-client is not installed.
+    """
+    prometheus_client = _prometheus()
+    tally = RequestTally()
+    watched = WatchedModel(model, pipe, tally, entry, pending=lambda: pipe.pending)
+    pipe.add_observer(tally.observer)
+    collector = PipeCollector(lambda: (watched,))
+    (registry if registry is not None else prometheus_client.REGISTRY).register(collector)
+    _collectors[id(watched)] = collector
+    return watched
+
+
+_collectors: dict[int, PipeCollector] = {}
+
+
+def collector_of(watched: WatchedModel) -> PipeCollector | None:
+    """The collector :func:`register` made for ``watched`` (to unregister it)."""
+    return _collectors.get(id(watched))
+
+
+def server_registry(models: Callable[[], Iterable[WatchedModel]]) -> Any:
+    """A fresh registry for a server: its models' families plus the process's own (CPU, memory,
+    open files, garbage collection), as ``prometheus_client`` reports them."""
+    prometheus_client = _prometheus()
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(PipeCollector(models))
+    prometheus_client.ProcessCollector(registry=registry)
+    prometheus_client.PlatformCollector(registry=registry)
+    prometheus_client.GCCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: Any) -> tuple[bytes, str]:
+    """The registry in Prometheus's text format, and its content type."""
+    prometheus_client = _prometheus()
+    return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
