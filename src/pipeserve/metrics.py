@@ -51,6 +51,15 @@ __all__ = [
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")  # Triton's failure reasons
+TRITON_COUNTERS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
 RECENT = 4096  # latencies kept for the recent percentiles
 VERSION = "1"
 
@@ -444,6 +453,13 @@ def server_registry(models: Callable[[], Iterable[WatchedModel]]) -> Any:
 
 
 def exposition(registry: Any) -> tuple[bytes, str]:
-    """The registry in Prometheus's text format, and its content type."""
+    """The registry in Prometheus's text format, and its content type. Triton's counters keep
+    Triton's names in their ``HELP`` and ``TYPE`` lines too (prometheus_client writes a
+    counter's as ``<name>_total``)."""
     prometheus_client = _prometheus()
-    return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
+    text = prometheus_client.generate_latest(registry)
+    for name in TRITON_COUNTERS:
+        raw = name.encode()
+        text = text.replace(b"# HELP " + raw + b"_total ", b"# HELP " + raw + b" ", 1)
+        text = text.replace(b"# TYPE " + raw + b"_total counter", b"# TYPE " + raw + b" counter", 1)
+    return text, prometheus_client.CONTENT_TYPE_LATEST
