@@ -76,8 +76,20 @@ def test_register_exports_an_in_process_pipes_metrics() -> None:
         for reason, count in reasons.items():
             assert value(found, "pipeserve_node_batch_releases_total", **at, reason=reason) == count
     assert value(found, "pipeserve_node_errors_total", model="embedded", node="b") == 1
-    busy = value(found, "pipeserve_instance_busy_seconds_total", model="embedded", node="a", instance="0")
+    busy = value(found, "pipeserve_instance_busy_seconds_total", model="embedded", node="a", instance_index="0")
     assert busy > 0
+
+
+def test_unregister_removes_the_families_and_the_observer() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    with ps.pipe({"backend": "Identity"}) as pipe:
+        watched = pipeserve.metrics.register(pipe, model="gone", registry=registry)
+        pipe({"data": 1})
+        pipeserve.metrics.unregister(watched)
+        pipeserve.metrics.unregister(watched)  # idempotent
+        pipe({"data": 2})
+        assert "nv_inference" not in prometheus_client.generate_latest(registry).decode()
+    assert watched.tally.snapshot().success == 1
 
 
 def test_metrics_without_prometheus_client_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,6 +216,7 @@ def test_a_traceparent_over_http_and_grpc_joins_the_callers_trace(served: tuple[
         client.infer("noop", [fp32(th, [[1], [2]])], headers={"traceparent": CALLER.header()})
         grpc_client.infer("noop", [fp32(tg, [[3]])], headers={"traceparent": CALLER.header()})
         client.infer("noop", [fp32(th, [[4]])], parameters={"trace": True})  # asked by parameter
+        client.infer("noop", [fp32(th, [[6]])], parameters={"trace": "false"})  # declined by parameter
         client.infer("noop", [fp32(th, [[5]])])  # not sampled: the rate is 0
     finally:
         client.close()

@@ -16,7 +16,8 @@ from tests.conftest import Recording, occupy, wait_until
 
 EXPORTS = {
     "DATATYPES", "Backend", "BackendError", "ComputeTimeout", "ConfigError", "ContractError", "EntryDescription",
-    "Event", "FilterError", "GraphNodeDescription", "Health", "InputError", "InstanceHealth", "InstanceStatistics", "JsonLinesSink",
+    "Event", "FilterError", "GraphNodeDescription", "Health", "InputError", "InstanceHealth", "InstanceStatistics",
+    "JsonLinesSink",
     "MissingDependencyError", "NodeDescription", "NodeHealth", "NodeStatistics", "Observer", "OpenTelemetrySink",
     "Options", "Overloaded", "PartialFailure", "Pipe", "PipeClosed", "PipeDescription", "PipeServeError",
     "PipeState", "RegistryError", "RemoteError", "RequestError", "RequestTimeout", "Span", "Status", "TensorSpec",

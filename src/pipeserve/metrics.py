@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError as FutureCancelled
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import BackendError, MissingDependencyError, NodeStatistics, Overloaded, Pipe, oip
+from . import BackendError, ComputeTimeout, MissingDependencyError, NodeStatistics, Overloaded, Pipe, oip
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -46,6 +46,7 @@ __all__ = [
     "model_counters",
     "register",
     "server_registry",
+    "unregister",
 ]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -72,7 +73,7 @@ def failure_reason(error: BaseException) -> str:
         return "REJECTED"
     if isinstance(error, (FutureCancelled, asyncio.CancelledError)):
         return "CANCELED"
-    if isinstance(error, BackendError):
+    if isinstance(error, (BackendError, ComputeTimeout)):
         return "BACKEND"
     return "OTHER"
 
@@ -274,9 +275,9 @@ class PipeCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
         def triton_counter(name: str, doc: str) -> Any:
-            # Triton's counters carry no ``_total`` suffix; prometheus_client adds one to
-            # CounterMetricFamily samples, so these are built as raw metrics.
-            return Metric(name, doc, "counter")
+            # Triton's counters carry no ``_total`` suffix, which prometheus_client writes only for
+            # untyped families; :func:`exposition` declares them counters, as Triton does.
+            return Metric(name, doc, "unknown")
 
         success = triton_counter("nv_inference_request_success", "Number of successful inference requests")
         failure = triton_counter("nv_inference_request_failure", "Number of failed inference requests, by reason")
@@ -328,7 +329,8 @@ class PipeCollector:
             "pipeserve_node_cancelled", "Items dropped: their request was cancelled or had finished", labels=node_labels
         )
         instances = GaugeMetricFamily("pipeserve_node_instances", "Instances by state", labels=[*node_labels, "state"])
-        instance_labels = [*node_labels, "instance"]
+        # Not ``instance``: Prometheus gives every scraped series that label (the target).
+        instance_labels = [*node_labels, "instance_index"]
         busy = CounterMetricFamily(
             "pipeserve_instance_busy_seconds", "Instance time in forward", labels=instance_labels
         )
@@ -417,7 +419,7 @@ def register(pipe: Pipe, *, model: str = "pipe", entry: str | None = None, regis
     counted from now on (an observer records it, NOTE [metric sources]).
 
     Returns:
-        what is exported; ``registry.unregister`` the collector to stop (see :attr:`collector`).
+        what is exported (pass it to :func:`unregister` to stop).
 
     Raises:
         MissingDependencyError: prometheus-client is not installed.
@@ -427,17 +429,26 @@ def register(pipe: Pipe, *, model: str = "pipe", entry: str | None = None, regis
     watched = WatchedModel(model, pipe, tally, entry, pending=lambda: pipe.pending)
     pipe.add_observer(tally.observer)
     collector = PipeCollector(lambda: (watched,))
-    (registry if registry is not None else prometheus_client.REGISTRY).register(collector)
-    _collectors[id(watched)] = collector
+    registry = registry if registry is not None else prometheus_client.REGISTRY
+    registry.register(collector)
+    with _registered_lock:
+        _registered[id(watched)] = (watched, collector, registry)
     return watched
 
 
-_collectors: dict[int, PipeCollector] = {}
+_registered: dict[int, tuple[WatchedModel, PipeCollector, Any]] = {}
+_registered_lock = threading.Lock()
 
 
-def collector_of(watched: WatchedModel) -> PipeCollector | None:
-    """The collector :func:`register` made for ``watched`` (to unregister it)."""
-    return _collectors.get(id(watched))
+def unregister(watched: WatchedModel) -> None:
+    """Stop exporting what :func:`register` returned: its families leave the registry and the
+    pipe's requests are no longer counted. Idempotent."""
+    with _registered_lock:
+        found = _registered.pop(id(watched), None)
+    if found is not None:
+        _, collector, registry = found
+        registry.unregister(collector)
+        watched.pipe.remove_observer(watched.tally.observer)
 
 
 def server_registry(models: Callable[[], Iterable[WatchedModel]]) -> Any:
@@ -453,13 +464,12 @@ def server_registry(models: Callable[[], Iterable[WatchedModel]]) -> Any:
 
 
 def exposition(registry: Any) -> tuple[bytes, str]:
-    """The registry in Prometheus's text format, and its content type. Triton's counters keep
-    Triton's names in their ``HELP`` and ``TYPE`` lines too (prometheus_client writes a
-    counter's as ``<name>_total``)."""
+    """The registry in Prometheus's text format, and its content type, Triton's counters declared
+    ``counter`` under Triton's names (prometheus_client's own writers declare them untyped, as a
+    counter's samples there must end in ``_total``)."""
     prometheus_client = _prometheus()
     text = prometheus_client.generate_latest(registry)
     for name in TRITON_COUNTERS:
         raw = name.encode()
-        text = text.replace(b"# HELP " + raw + b"_total ", b"# HELP " + raw + b" ", 1)
-        text = text.replace(b"# TYPE " + raw + b"_total counter", b"# TYPE " + raw + b" counter", 1)
+        text = text.replace(b"# TYPE " + raw + b" untyped\n", b"# TYPE " + raw + b" counter\n", 1)
     return text, prometheus_client.CONTENT_TYPE_LATEST

@@ -440,7 +440,7 @@ class Pipe:
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer`` (requests already admitted still tell it)."""
-        self._observers = [o for o in self._observers if o is not observer]
+        self._observers = [o for o in self._observers if o != observer]  # bound methods are equal, never identical
 
     @property
     def trace_rate(self) -> float:

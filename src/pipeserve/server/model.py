@@ -123,7 +123,7 @@ class ServedModel:
             if asked is not None and (timeout is None or asked < timeout):
                 timeout = asked
             if trace is None and request.parameters.get("trace") is not None:
-                trace = bool(request.parameters["trace"])
+                trace = _flag(request.parameters["trace"])
             futures = self.pipe.submit_many(items, timeout=timeout, inline=True, trace=trace)
         except BaseException as exc:
             self._failed(start, exc)
@@ -176,3 +176,18 @@ class ServedModel:
         """Run ``samples`` (item dicts) through the pipe once, blocking; errors propagate."""
         if samples:
             self.pipe([dict(sample) for sample in samples])
+
+
+def _flag(value: Any) -> bool:
+    """A boolean request parameter: a bool, or a string such as ``"true"``/``"false"``.
+
+    Raises:
+        InputError: anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, int):
+        return bool(value)
+    raise InputError(f"the 'trace' parameter must be a boolean, got {value!r}")

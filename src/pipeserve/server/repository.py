@@ -69,7 +69,8 @@ class Repository:
         self.cpu_count = cpu_count or os.cpu_count() or 1
         self.drain_timeout = drain_timeout
         self.trace_rate = trace_rate
-        self.trace_file = trace_file
+        # One sink for every model: their traces share a file, written under one lock.
+        self.trace_sink = JsonLinesSink(trace_file) if trace_file is not None else None
         self._configs: dict[str, tuple[Config, Path | None]] = {}
         for source in sources:
             for name, config, folder in _expand(source):
@@ -193,8 +194,8 @@ class Repository:
         try:
             if self.trace_rate is not None:
                 built.trace_rate = self.trace_rate
-            if self.trace_file is not None:
-                built.add_trace_sink(JsonLinesSink(self.trace_file))
+            if self.trace_sink is not None:
+                built.add_trace_sink(self.trace_sink)
             model = ServedModel(name, built, str(source) if not isinstance(source, Mapping) else name)
             model.warm_up(_warm_up_items(model, folder))
         except BaseException:
