@@ -166,8 +166,13 @@ class HttpApp:
         if parts == ["status.json"]:
             await _json(send, 200, await asyncio.to_thread(observatory.status))
             return
-        found = observatory.static("index.html" if parts == [""] else parts[1]) if parts[0] in ("", "static") else None
-        if found is None or (parts[0] == "static" and len(parts) != 2):
+        if parts == [""]:
+            found = observatory.static("index.html")
+        elif len(parts) == 2 and parts[0] == "static":
+            found = observatory.static(parts[1])
+        else:
+            found = None
+        if found is None:
             raise _Reply(404, oip.error_body("Not Found"))
         body, content_type = found
         headers = [(b"content-type", content_type.encode("latin-1")), (b"cache-control", b"no-cache")]

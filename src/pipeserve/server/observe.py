@@ -111,11 +111,14 @@ def _model_document(model: ServedModel) -> dict[str, Any]:
     tally = model.tally.snapshot()
     description = model.pipe.describe()
     statistics = model.pipe.statistics()
+    health = model.pipe.health().nodes
     nodes = {}
     for name, node in statistics.items():
+        # Busy time includes the batches running now, so that a slow stage's busy fraction is
+        # continuous rather than jumping when its batch ends.
+        running = {i.index: i.busy_seconds for i in health[name].instances} if name in health else {}
         figures = node.as_dict()
         figures["queue_seconds"] = node.queue_seconds
-        figures["busy_seconds"] = sum(i.compute_seconds for i in node.instances)
         figures["instances"] = [
             {
                 "index": i.index,
@@ -123,10 +126,11 @@ def _model_document(model: ServedModel) -> dict[str, Any]:
                 "batches": i.batches,
                 "items": i.items,
                 "running": i.running,
-                "busy_seconds": i.compute_seconds,
+                "busy_seconds": i.compute_seconds + running.get(i.index, 0.0),
             }
             for i in node.instances
         ]
+        figures["busy_seconds"] = sum(i["busy_seconds"] for i in figures["instances"])
         described = description.nodes.get(name)
         if described is not None:
             figures["backend"] = described.backend
