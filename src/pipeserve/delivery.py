@@ -28,7 +28,7 @@ from typing import Protocol
 
 from .batching import Task
 from .errors import PipeServeError, RequestError
-from .instance import Instance
+from .instance import Instance, State
 
 __all__ = [
     "Collecting",
@@ -132,24 +132,22 @@ def run_batch(instance: Instance, batch: list[Task], isolate: bool) -> dict[int,
     instance.current = batch
     start = time.perf_counter()
     failures = instance.run(batch, isolate)
-    elapsed = time.perf_counter() - start
-    instance.busy_seconds += elapsed
-    instance.compute_seconds += elapsed
-    instance.last_compute = elapsed
+    instance.busy_seconds += time.perf_counter() - start
     return failures
 
 
 def trace_batch(instance: Instance, batch: list[Task], failures: dict[int, RequestError], end: float) -> None:
     """Record a ``node`` span for each traced task of a batch that ended at clock reading ``end``
-    (NOTE [traces] in :mod:`pipeserve.tracing`)."""
-    compute = instance.last_compute
+    (NOTE [traces] in :mod:`pipeserve.tracing`); called before the node folds the batch's busy
+    time into its statistics."""
+    compute = instance.busy_seconds
     size = len(batch)
+    inline = instance.state is State.BORROWED
     for index, task in enumerate(batch):
         request = task.request
         trace = request.trace
         if trace is None:
             continue
-        inline = instance.reason == "inline"
         queued = instance.started if inline else task.enqueued
         trace.add(
             f"node {task.tag or instance.node}",

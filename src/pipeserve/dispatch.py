@@ -143,7 +143,6 @@ class Dispatcher:
                 instance = group.idle.pop()
                 instance.state = State.BORROWED
                 instance.started = now
-                instance.reason = "inline"
                 instance.batches += 1
                 instance.items += count
                 self.stats.record_release(count, "nothing_coming", 0.0, inline=True)
@@ -165,6 +164,7 @@ class Dispatcher:
         preferring it for the next batch when its own worker asks. A borrowed instance's worker
         is woken only when work was assigned to it or the node closed."""
         self.stats.compute_seconds += instance.busy_seconds
+        instance.compute_seconds += instance.busy_seconds
         instance.busy_seconds = 0.0
         instance.current = None
         self.idle(instance)

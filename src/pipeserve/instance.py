@@ -64,7 +64,6 @@ class Instance:
         self.thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # folded into the node's statistics under its lock
         self.compute_seconds = 0.0  # all its batches' time in ``forward``
-        self.last_compute = 0.0  # its last batch's time in ``forward``
         self.reason = ""  # why its current batch was released (NOTE [batch release])
         self.started = 0.0
         self.batches = 0

@@ -141,6 +141,7 @@ class Pipe:
         self._deadlines = DeadlineWatch(clock)
         self._inflight = InFlight()
         self._observers: list[Observer] = []
+        self._watching = False  # observers, or a trace rate: admission looks further
         self._observer_failed = False
         # Pipe-wide keys: top-level ones reach every node, the entry's included.
         pipe_keys = self.config.nodes[self._entries[0]].params
@@ -149,6 +150,7 @@ class Pipe:
             raise ConfigError(f"trace_rate must be within 0..1, got {self._trace_rate}", key="trace_rate")
         trace_file = pipe_keys.get("trace_file")
         self._exporter = TraceExporter(str(trace_file or DEFAULT_TRACE_FILE))
+        self._watching = self._trace_rate > 0
         self._tracing = False
         self._close_lock = threading.Lock()
         self._state = PipeState.READY
@@ -296,15 +298,20 @@ class Pipe:
         deadline = self._clock() + seconds if seconds else None
         self._inflight.enter()
         request = Request(item, deadline, entry, self._inflight)
-        if self._observers:
-            request.observe = self._observe
-            request.started = self._clock()
-        if trace is not None or self._trace_rate:
-            self._sample(request, trace)
+        if trace is not None or self._watching:
+            self._watch(request, trace)
         return request
 
+    def _watch(self, request: Request, trace: TraceOption) -> None:
+        """Give ``request`` a trace if it is sampled (NOTE [traces]), and have its outcome told to
+        the trace and the observers."""
+        if trace is not False and (trace is not None or self._trace_rate):
+            self._sample(request, trace)
+        if request.trace is not None or self._observers:
+            request.started = self._clock()
+            request.watch = self._outcome
+
     def _sample(self, request: Request, trace: TraceOption) -> None:
-        """Give ``request`` a trace if it is sampled (NOTE [traces])."""
         parent = parse_traceparent(trace) if isinstance(trace, str) else None
         if parent is not None:
             sampled = parent.sampled
@@ -320,9 +327,14 @@ class Pipe:
                 node.enable_tracing()
         request.trace = Trace(request.entry, self._clock, self._clock(), self._exporter, parent)
 
-    def _observe(self, request: Request, error: BaseException | None) -> None:
+    def _outcome(self, request: Request, error: BaseException | None) -> None:
+        cancelled = request.cancelled
+        if request.trace is not None:
+            request.trace.finish(error, cancelled=cancelled)
+        if not self._observers:
+            return
         seconds = self._clock() - request.started
-        if request.cancelled:
+        if cancelled:
             error = CancelledError()
         for observer in self._observers:
             try:
@@ -437,10 +449,12 @@ class Pipe:
         be quick. One that raises is logged once and ignored. A request admitted before the call
         is not observed."""
         self._observers = [*self._observers, observer]
+        self._watching = True
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer`` (requests already admitted still tell it)."""
         self._observers = [o for o in self._observers if o != observer]  # bound methods are equal, never identical
+        self._watching = bool(self._observers) or self._trace_rate > 0
 
     @property
     def trace_rate(self) -> float:
@@ -452,6 +466,7 @@ class Pipe:
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"trace_rate must be within 0..1, got {rate}", key="trace_rate")
         self._trace_rate = float(rate)
+        self._watching = bool(self._observers) or self._trace_rate > 0
 
     def add_trace_sink(self, sink: TraceSink) -> None:
         """Send each finished trace to ``sink``: a callable taking the trace's spans, the

@@ -79,9 +79,10 @@ class Request:
         caller: the thread blocked on this request (a blocking call), or None.
         inflight: told when the request gets its outcome, if given.
         trace: the request's trace when it is sampled (NOTE [traces] in :mod:`pipeserve.tracing`).
-        observe: told ``(request, error)`` when the request gets its outcome, before its caller
-            learns it (the pipe's observers, see :meth:`pipeserve.Pipe.add_observer`), or None.
-        started: the clock reading at admission (set where an observer or a trace needs it).
+        watch: told ``(request, error)`` when the request gets its outcome, before its caller
+            learns it (the pipe's observers and the trace's end), or None: one test on the path
+            of an unwatched request.
+        started: the clock reading at admission (set only where ``watch`` is).
     """
 
     __slots__ = (
@@ -95,9 +96,9 @@ class Request:
         "future",
         "inflight",
         "item",
-        "observe",
         "started",
         "trace",
+        "watch",
     )
 
     def __init__(self, caller_item: Item, deadline: float | None, entry: str, inflight: InFlight | None = None) -> None:
@@ -111,8 +112,8 @@ class Request:
         self.error: BaseException | None = None
         self.inflight = inflight
         self.trace: Trace | None = None
-        self.observe: Callable[[Request, BaseException | None], None] | None = None
-        self.started = 0.0
+        self.watch: Callable[[Request, BaseException | None], None] | None = None
+        self.started: float  # set by whoever sets ``watch``
         self._gate = threading.Lock()
         self._done = threading.Lock()  # held until an outcome is delivered
         self._done.acquire()
@@ -175,10 +176,8 @@ class Request:
         self.error = error
         # Observers and the trace learn the outcome before the caller does, so that a count read
         # after a call returns includes it.
-        if self.trace is not None:
-            self.trace.finish(error, cancelled=self.cancelled)
-        if self.observe is not None:
-            self.observe(self, error)
+        if self.watch is not None:
+            self.watch(self, error)
         self._done.release()
         if self.inflight is not None:
             self.inflight.leave()
