@@ -13,6 +13,11 @@ if [ -x "$tools/get-perf-analyzer.sh" ] || [ -f "$tools/get-perf-analyzer.sh" ];
   bash "$tools/get-perf-analyzer.sh" "$root/.venv/perf_analyzer" >/dev/null \
     || echo "perf_analyzer could not be installed: its tests will be skipped"
 fi
+# Triton Inference Server (CPU, Python backend): the Remote backend's tests call a real one.
+if [ -f "$tools/get-triton.sh" ] && [ ! -x "$root/.venv/triton/bin/tritonserver" ]; then
+  bash "$tools/get-triton.sh" "$root/.venv/triton" >/dev/null \
+    || echo "tritonserver could not be installed: the Remote-against-Triton tests will be skipped"
+fi
 # Chromium: the status page's test opens it headless (Debian's package; we are root in CI).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -56,6 +56,11 @@ class Child:
     filter_name: str | None = None
 
 
+def no_deadline() -> float | None:
+    """``Options.remaining`` where deadlines are not known (a process instance's worker)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Options:
     """Where an instance lives.
@@ -68,6 +73,9 @@ class Options:
         cpu_threads: the CPU threads this instance may use without oversubscribing the
             machine (the cores divided among all instances of the pipe, at least 1).
         children: the child stages, for composite backends.
+        remaining: during ``forward``, the seconds left before the earliest deadline among the
+            batch's requests (negative once passed), or None when none has a deadline: what a
+            backend that waits on something (a remote call) may wait at most.
     """
 
     node: str = "main"
@@ -76,6 +84,7 @@ class Options:
     instance_num: int = 1
     cpu_threads: int = 1
     children: Sequence[Child] = field(default_factory=tuple)
+    remaining: Callable[[], float | None] = field(default=no_deadline, compare=False, repr=False)
 
 
 class PartialFailure(Exception):

@@ -199,15 +199,26 @@ class ComputeTimeout(RequestError, TimeoutError):
 
 
 class RemoteError(RequestError):
-    """A remote inference server (the ``Remote`` backend's peer) failed or could not be reached.
-
-    Reserved for the Remote backend.
+    """A remote inference server (the ``Remote`` backend's peer) failed, refused a batch or could
+    not be reached (NOTE [remote calls] in :mod:`pipeserve.backends.remote`).
 
     Attributes:
         peer: the peer's address, when known.
     """
 
     peer: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        peer: str | None = None,
+        node: str | None = None,
+        backend: str | None = None,
+        instance: int | None = None,
+    ) -> None:
+        super().__init__(message, node=node, backend=backend, instance=instance)
+        self.peer = peer
 
 
 def locate(

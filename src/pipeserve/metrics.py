@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import threading
 import time
 from collections import deque
@@ -127,25 +128,26 @@ class RequestTally:
         self._items = 0
         self._counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._sum = 0.0
-        self._pending = 0
-        self._last_ms = 0
+        self._last = 0.0  # monotonic reading of the last success (0: none)
+        self._epoch = time.time() - time.monotonic()
         self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT)
-
-    def admitted(self, count: int = 1) -> None:
-        """``count`` requests were admitted (a source counting its own pending requests)."""
-        with self._lock:
-            self._pending += count
+        # Pending requests of a source that counts its own: C-level counters, as the pipe's
+        # in-flight count (no lock, no Python frame on the request's path).
+        self._entered = itertools.count()
+        self._left = itertools.count()
+        self.admitted: Callable[[], object] = self._entered.__next__
+        """One request was admitted (a source counting its own pending requests, see ``record``)."""
 
     def record(
         self, seconds: float, error: BaseException | None = None, *, items: int = 1, admitted: bool = False
     ) -> None:
         """One request's outcome after ``seconds``: None on success, else its error. With
         ``admitted``, it was counted by :meth:`admitted` and is no longer pending."""
+        if admitted:
+            next(self._left)
         slot = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         now = time.monotonic()
         with self._lock:
-            if admitted:
-                self._pending -= 1
             self._counts[slot] += 1
             self._sum += seconds
             self._recent.append((now, seconds))
@@ -153,7 +155,7 @@ class RequestTally:
                 self._success += 1
                 self._success_seconds += seconds
                 self._items += items
-                self._last_ms = int(time.time() * 1000)
+                self._last = now
                 return
             entry = self._failures.setdefault(failure_reason(error), [0, 0.0])
             entry[0] += 1
@@ -179,8 +181,8 @@ class RequestTally:
                 buckets=(),
                 total=sum(counts),
                 total_seconds=self._sum,
-                pending=self._pending,
-                last_ms=self._last_ms,
+                pending=_peek(self._entered) - _peek(self._left),
+                last_ms=int(1000 * (self._epoch + self._last)) if self._last else 0,
             )
         cumulative, running = [], 0
         for count in counts[:-1]:
@@ -199,6 +201,11 @@ class RequestTally:
             key = f"p{round(q * 100, 1):g}"
             found[key] = 1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
         return found
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    """The next value ``counter`` would give, without taking it."""
+    return int(repr(counter)[len("count(") : -1] or 0)
 
 
 def charge(statistics: Mapping[str, NodeStatistics], entry: str) -> tuple[float, float]:

@@ -24,6 +24,7 @@ from .delivery import deliver
 from .dispatch import Dispatcher
 from .errors import PipeClosed, RequestTimeout
 from .instance import Instance, plan_groups, read_ranges
+from .registry import uses_cpu
 from .settings import NodeSettings
 from .statistics import InstanceHealth, InstanceStatistics, NodeStatistics, NodeStats
 from .workers import Workers, act
@@ -69,6 +70,12 @@ class Node:
     def cpu_threads(self) -> int:
         """The threads each instance may use."""
         return self._workers.cpu_threads
+
+    @property
+    def uses_cpu(self) -> bool:
+        """Whether its instances compute on the CPU (False for a backend that says it waits, such
+        as ``Remote``): only those share the pipe's cores."""
+        return uses_cpu(self._workers.instances[0].tree, self.name)
 
     def enable_tracing(self) -> None:
         """Record node spans of traced requests from now on (NOTE [traces]); until then a batch

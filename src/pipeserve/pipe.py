@@ -128,8 +128,10 @@ class Pipe:
                     settings = NodeSettings.from_config(self.config.nodes[name])
                     import_modules(settings.imports, name)  # they register backends
                     self._nodes[name] = Node(self.config.nodes[name], settings=settings, clock=clock)
-            # The cores are one budget for the whole pipe: stages run at the same time.
-            threads = share(cpu_count or machine_cores(), sum(len(node.instances) for node in self._nodes.values()))
+            # The cores are one budget for the whole pipe: stages run at the same time. Instances
+            # that wait on the network (a Remote node's) take no share.
+            computing = sum(len(node.instances) for node in self._nodes.values() if node.uses_cpu)
+            threads = share(cpu_count or machine_cores(), computing)
             for scheduled in self._nodes.values():
                 scheduled.share_cpu(threads)
                 scheduled.start()

@@ -17,10 +17,11 @@ import importlib
 import multiprocessing
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .backend import Backend, Options, PartialFailure
+from .backend import Backend, Options, PartialFailure, no_deadline
 from .config import get_list
 from .errors import ConfigError, WorkerDied
 
@@ -164,7 +165,8 @@ class ProcessBackend(Backend):
         parent, child = context.Pipe()
         self.process = context.Process(
             target=_serve,
-            args=(child, self.expression, self.plain_params, self.options),
+            # The deadline reader stays here: it reads this process's batches.
+            args=(child, self.expression, self.plain_params, replace(self.options, remaining=no_deadline)),
             name=f"pipeserve-{self.options.node}-{self.options.instance}",
             daemon=True,
         )

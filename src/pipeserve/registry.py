@@ -66,6 +66,7 @@ _LAZY_OPTIONAL = {
     "TorchExport": ("pipeserve.backends.torch:TorchExport", "torch"),
     "Torch": ("pipeserve.backends.torch:Torch", "torch"),
     "SyncTensor": ("pipeserve.backends.torch:Torch", "torch"),
+    "Remote": ("pipeserve.backends.remote:Remote", "serve"),
 }
 for _name, (_target, _extra) in _LAZY_OPTIONAL.items():
     _backends[_name] = _Lazy(_target, _extra)
@@ -205,6 +206,16 @@ def _resolve(table: dict[str, Any], kind: str, name: str, node: str | None) -> A
         if table.get(name) is entry:
             table[name] = value
     return value
+
+
+def uses_cpu(tree: BackendTree, node: str | None = None) -> bool:
+    """Whether the backend of ``tree`` computes on the CPU (its class's ``uses_cpu``, True unless
+    it says otherwise: a backend that waits on the network takes no share of the cores).
+
+    Raises:
+        UnknownNameError, MissingDependencyError: as when it is built.
+    """
+    return bool(getattr(_resolve(_backends, "backend", tree.name, node), "uses_cpu", True))
 
 
 def resolve_filter(name: str, node: str | None = None) -> Filter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from .backend import Options
 from .batching import Task
@@ -106,6 +107,7 @@ class Workers:
             group=instance.group,
             instance_num=len(self.instances),
             cpu_threads=self.cpu_threads,
+            remaining=partial(_remaining, instance, self._clock),
         )
         params = self.config.groups[instance.group]
         try:
@@ -217,3 +219,12 @@ class Workers:
                 error = PipeClosed(f"node {name!r} closed while instance {instance.index} was still running", node=name)
                 for task in instance.current:
                     deliver(task, error)
+
+
+def _remaining(instance: Instance, clock: Clock) -> float | None:
+    """``Options.remaining`` of ``instance``: seconds to the earliest deadline of its batch."""
+    batch = instance.current
+    if not batch:
+        return None
+    deadlines = [deadline for task in batch if (deadline := task.request.deadline) is not None]
+    return min(deadlines) - clock() if deadlines else None

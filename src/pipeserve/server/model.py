@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from .. import InputError, Pipe, TensorSpec, TraceOption, oip
+from .. import ConfigError, InputError, Pipe, TensorSpec, TraceOption, oip
 from ..metrics import RequestTally, model_counters
 
 __all__ = ["DEFAULT_INPUTS", "DEFAULT_OUTPUTS", "ServedModel", "Submitted"]
@@ -76,6 +76,14 @@ class ServedModel:
         # Items of one request need not fit one batch (the pipe splits them), so the default
         # lets a request carry more than the entry's ``max``.
         self.max_batch_size = int(params.get("max_batch_size", max(high, DEFAULT_MAX_BATCH)))
+        if self.max_batch_size < 1:
+            # Requests always carry a batch dimension here; a model taking one item per request
+            # says max_batch_size = 1.
+            raise ConfigError(
+                f"max_batch_size must be at least 1, got {self.max_batch_size} (1: one item per request)",
+                node=self.entry,
+                key="max_batch_size",
+            )
         node = described.nodes.get(self.entry)
         self.description = oip.ModelDescription(
             name=name,
