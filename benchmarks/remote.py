@@ -9,8 +9,9 @@ interleaved over rounds; the median latency and the latency the hop adds.
 request plus 0.1 ms per item (``Sleep``, one instance, ``max_batch_size`` 32, the peer batching
 across requests with a 2 ms window):
 
-- ``batched``: the Remote node as configured by default (its batch ``max`` is the peer's 32, 4
-  instances = requests in flight);
+- ``batched``: the Remote node with its batch ``max`` read from the peer (32), 2 instances (requests
+  in flight: one running on the peer, one queued there) and a 4 ms batching window, so that a
+  batch waits to fill while the peer is busy anyway;
 - ``per-item``: one request per item (``max = 1``, 64 instances: what a hand-written backend
   calling the peer per item, from 64 threads, does);
 - the ideal: full batches of 32 back to back on the peer's one instance, 32 / (5 + 3.2 ms).
@@ -94,7 +95,7 @@ def config_of(variant: str, http_port: int, grpc_port: int) -> dict[str, Any]:
         return {"backend": "Remote", "url": url, "model": "noop", "instance_num": 4}
     url = f"grpc://127.0.0.1:{grpc_port}"
     if variant == "batched":
-        return {"backend": "Remote", "url": url, "model": "costly", "instance_num": 4}
+        return {"backend": "Remote", "url": url, "model": "costly", "instance_num": 2, "batching_timeout": 4}
     if variant == "per-item":
         return {"backend": "Remote", "url": url, "model": "costly", "instance_num": 64, "max": 1}
     raise ValueError(variant)
