@@ -188,6 +188,27 @@ def test_remote_instances_take_no_share_of_the_cores(peer: Server) -> None:
         assert pipe.describe().nodes["work"].cpu_threads == 2  # 4 cores over 2 computing instances
 
 
+def test_a_traced_request_continues_its_trace_on_the_peer(tmp_path: Path) -> None:
+    config = tmp_path / "noop.toml"
+    config.write_text(f'[main]\nbackend = "Identity"\nmax = 8\n{FP32_1}')
+    traces = tmp_path / "peer-traces.jsonl"
+    ours: list[tuple[ps.Span, ...]] = []
+    with Server([str(config)], port=0, grpc_port=0, trace_file=str(traces)) as far:
+        for scheme in ("http", "grpc"):
+            remote = {"backend": "Remote", "url": url_of(far, scheme), "model": "noop"}
+            with ps.pipe(remote) as pipe:
+                pipe.add_trace_sink(ours.append)
+                pipe({"data": np.array([1.0], np.float32)}, trace=True)
+                pipe({"data": np.array([2.0], np.float32)})  # not traced: the peer records nothing
+                assert pipe.flush_traces()
+        assert far.repository.get("noop").pipe.flush_traces()
+    peer_roots = [line for line in map(json.loads, traces.read_text().splitlines()) if line["kind"] == "request"]
+    assert len(ours) == 2 and len(peer_roots) == 2
+    for trace, root in zip(ours, peer_roots, strict=True):
+        (visit,) = [span for span in trace if span.kind == "node"]
+        assert root["trace_id"] == f"{visit.trace_id:032x}" and root["parent_id"] == f"{visit.span_id:016x}"
+
+
 # ----------------------------------------------------------------- a peer that dies and comes back
 def _free_port() -> int:
     with socket.socket() as probe:

@@ -61,6 +61,11 @@ def no_deadline() -> float | None:
     return None
 
 
+def no_trace() -> str | None:
+    """``Options.traceparent`` where traces are not known (a process instance's worker)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Options:
     """Where an instance lives.
@@ -76,6 +81,10 @@ class Options:
         remaining: during ``forward``, the seconds left before the earliest deadline among the
             batch's requests (negative once passed), or None when none has a deadline: what a
             backend that waits on something (a remote call) may wait at most.
+        traceparent: during ``forward``, a W3C ``traceparent`` naming this batch's span in the
+            trace of its first traced request, or None when none is traced: what a backend that
+            calls another service sends along, so that the service's spans join the trace
+            (NOTE [traces]).
     """
 
     node: str = "main"
@@ -85,6 +94,7 @@ class Options:
     cpu_threads: int = 1
     children: Sequence[Child] = field(default_factory=tuple)
     remaining: Callable[[], float | None] = field(default=no_deadline, compare=False, repr=False)
+    traceparent: Callable[[], str | None] = field(default=no_trace, compare=False, repr=False)
 
 
 class PartialFailure(Exception):

@@ -143,6 +143,7 @@ def trace_batch(instance: Instance, batch: list[Task], failures: dict[int, Reque
     compute = instance.busy_seconds
     size = len(batch)
     inline = instance.state is State.BORROWED
+    sent, instance.sent_span = instance.sent_span, None
     for index, task in enumerate(batch):
         request = task.request
         trace = request.trace
@@ -167,6 +168,7 @@ def trace_batch(instance: Instance, batch: list[Task], failures: dict[int, Reque
                 "pipeserve.compute_ms": round(1e3 * compute, 4),
             },
             failures.get(index),
+            sent[1] if sent is not None and sent[0] is task else None,
         )
 
 

@@ -64,6 +64,7 @@ class Instance:
         self.thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # folded into the node's statistics under its lock
         self.compute_seconds = 0.0  # all its batches' time in ``forward``
+        self.sent_span: tuple[Task, int] | None = None  # a traceparent handed out for this batch
         self.reason = ""  # why its current batch was released (NOTE [batch release])
         self.started = 0.0
         self.batches = 0

@@ -21,7 +21,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .backend import Backend, Options, PartialFailure, no_deadline
+from .backend import Backend, Options, PartialFailure, no_deadline, no_trace
 from .config import get_list
 from .errors import ConfigError, WorkerDied
 
@@ -155,6 +155,10 @@ class ProcessBackend(Backend):
         self.range = (1, 1)
         self.restarts = 0
 
+    def _portable_options(self) -> Options:
+        """The options without the readers of this process's batches (they cannot travel)."""
+        return replace(self.options, remaining=no_deadline, traceparent=no_trace)
+
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
         self.plain_params = {k: v for k, v in params.items() if k != "instance_type"}
@@ -165,8 +169,8 @@ class ProcessBackend(Backend):
         parent, child = context.Pipe()
         self.process = context.Process(
             target=_serve,
-            # The deadline reader stays here: it reads this process's batches.
-            args=(child, self.expression, self.plain_params, replace(self.options, remaining=no_deadline)),
+            # The deadline and trace readers stay here: they read this process's batches.
+            args=(child, self.expression, self.plain_params, self._portable_options()),
             name=f"pipeserve-{self.options.node}-{self.options.instance}",
             daemon=True,
         )

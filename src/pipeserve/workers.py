@@ -29,6 +29,7 @@ from .errors import ConfigError, PipeClosed, PipeServeError
 from .instance import Instance, State
 from .registry import build
 from .settings import NodeSettings
+from .tracing import TraceParent, new_span_id
 
 __all__ = ["Workers", "act"]
 
@@ -108,6 +109,7 @@ class Workers:
             instance_num=len(self.instances),
             cpu_threads=self.cpu_threads,
             remaining=partial(_remaining, instance, self._clock),
+            traceparent=partial(_traceparent, instance),
         )
         params = self.config.groups[instance.group]
         try:
@@ -228,3 +230,15 @@ def _remaining(instance: Instance, clock: Clock) -> float | None:
         return None
     deadlines = [deadline for task in batch if (deadline := task.request.deadline) is not None]
     return min(deadlines) - clock() if deadlines else None
+
+
+def _traceparent(instance: Instance) -> str | None:
+    """``Options.traceparent`` of ``instance``: its batch's span in the first traced request's
+    trace; the span's id is kept for the node span :func:`~pipeserve.delivery.trace_batch` makes."""
+    for task in instance.current or ():
+        trace = task.request.trace
+        if trace is not None:
+            if instance.sent_span is None or instance.sent_span[0] is not task:
+                instance.sent_span = (task, new_span_id())
+            return TraceParent(trace.trace_id, instance.sent_span[1], True).header()
+    return None

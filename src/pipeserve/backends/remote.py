@@ -145,12 +145,16 @@ class _Http:
             raise _Answered(f"GET {path}: HTTP {status}: {_error_text(body)}")
         return json.loads(body)
 
-    def infer(self, model: str, version: str, request: oip.InferRequest, timeout: float) -> oip.InferResponse:
+    def infer(
+        self, model: str, version: str, request: oip.InferRequest, timeout: float, traceparent: str | None
+    ) -> oip.InferResponse:
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         payload, header_length = oip.http_codec.encode_request(request)
         headers = {"Content-Type": "application/octet-stream" if header_length is not None else "application/json"}
         if header_length is not None:
             headers[oip.HEADER_LENGTH] = str(header_length)
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         status, response_headers, body = self._request("POST", path, payload, headers, timeout)
         if status == 503:
             raise _Transient(f"HTTP 503: {_error_text(body)}")
@@ -228,11 +232,15 @@ class _Grpc:
         request = service.ModelConfigRequest(name=model, version=version)
         return int(self._unary("ModelConfig", request, service.ModelConfigResponse, timeout).config.max_batch_size)
 
-    def infer(self, model: str, version: str, request: oip.InferRequest, timeout: float) -> oip.InferResponse:
+    def infer(
+        self, model: str, version: str, request: oip.InferRequest, timeout: float, traceparent: str | None
+    ) -> oip.InferResponse:
         message = oip.grpc_codec.encode_request(request)
         message.model_name = model
         message.model_version = version
-        return oip.grpc_codec.decode_response(self._guard(lambda: self.infer_call(message, timeout=timeout)))
+        metadata = None if traceparent is None else (("traceparent", traceparent),)
+        call = self.infer_call
+        return oip.grpc_codec.decode_response(self._guard(lambda: call(message, timeout=timeout, metadata=metadata)))
 
     def _guard(self, call: Any) -> Any:
         try:
@@ -380,6 +388,7 @@ class Remote(Backend):
     def _send(self, tensors: Sequence[oip.Tensor], remaining: float | None, count: int) -> oip.InferResponse:
         """The response, retrying what is worth it while the deadline allows (NOTE [remote calls])."""
         end = None if remaining is None else time.monotonic() + remaining
+        traceparent = self.options.traceparent()  # the peer's spans join the batch's trace
         requested = tuple(oip.RequestedOutput(spec.name, binary=True) for spec in self.signature.outputs)
         delay, attempt = FIRST_BACKOFF, 0
         while True:
@@ -391,7 +400,7 @@ class Remote(Backend):
                 if left is not None and left <= 0:
                     raise _Transient("the deadline passed before an answer")
                 timeout = NO_DEADLINE_TIMEOUT if left is None else left
-                response = self.transport.infer(self.model, self.version, request, timeout)
+                response = self.transport.infer(self.model, self.version, request, timeout, traceparent)
             except _Answered as exc:
                 self.breaker.succeeded()  # the peer is up: it answered
                 raise RemoteError(f"peer {self.peer} refused the batch: {exc}", peer=self.peer) from None
