@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import threading
 import time
@@ -117,51 +118,74 @@ class TallySnapshot:
 
 
 class RequestTally:
-    """One model's request counts and latencies; thread-safe (one short lock per record)."""
+    """One model's request counts and latencies.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    Args:
+        shared: recorded from several threads (a pipe's observer): each record takes a short
+            lock. A tally recorded from one thread only (the server's event loop) leaves it out:
+            readers on other threads then copy each figure at once (C-level copies, atomic under
+            the GIL), so a snapshot taken while requests finish may be off by the request
+            finishing then, never corrupt.
+    """
+
+    def __init__(self, *, shared: bool = True) -> None:
+        self._lock: Any = threading.Lock() if shared else contextlib.nullcontext()
         self._success = 0
         self._success_seconds = 0.0
         self._failures: dict[str, list[float]] = {}
         self._errors: dict[str, int] = {}
         self._items = 0
         self._counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._sum = 0.0
+        self._failed_seconds = 0.0
         self._last = 0.0  # monotonic reading of the last success (0: none)
         self._epoch = time.time() - time.monotonic()
-        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT)
+        self._recent: deque[float] = deque(maxlen=RECENT)  # the last requests' latencies
         # Pending requests of a source that counts its own: C-level counters, as the pipe's
         # in-flight count (no lock, no Python frame on the request's path).
         self._entered = itertools.count()
         self._left = itertools.count()
         self.admitted: Callable[[], object] = self._entered.__next__
-        """One request was admitted (a source counting its own pending requests, see ``record``)."""
+        """One request was admitted (a source counting its own; its outcome is :meth:`served`
+        or :meth:`failed`)."""
+        if not shared:
+            self.record = self._record  # type: ignore[method-assign]
 
-    def record(
-        self, seconds: float, error: BaseException | None = None, *, items: int = 1, admitted: bool = False
-    ) -> None:
-        """One request's outcome after ``seconds``: None on success, else its error. With
-        ``admitted``, it was counted by :meth:`admitted` and is no longer pending."""
-        if admitted:
-            next(self._left)
-        slot = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        now = time.monotonic()
+    def served(self, seconds: float, items: int) -> None:
+        """An admitted request of ``items`` items succeeded after ``seconds`` (the server's path:
+        one thread, positional arguments, no lock)."""
+        next(self._left)
+        self._counts[_bucket(LATENCY_BUCKETS, seconds)] += 1
+        self._recent.append(seconds)
+        self._success += 1
+        self._success_seconds += seconds
+        self._items += items
+        self._last = _now()
+
+    def failed(self, seconds: float, error: BaseException) -> None:
+        """An admitted request failed after ``seconds`` with ``error``."""
+        next(self._left)
+        self.record(seconds, error)
+
+    def record(self, seconds: float, error: BaseException | None = None, items: int = 1) -> None:
+        """One request's outcome after ``seconds``: None on success, else its error."""
         with self._lock:
-            self._counts[slot] += 1
-            self._sum += seconds
-            self._recent.append((now, seconds))
-            if error is None:
-                self._success += 1
-                self._success_seconds += seconds
-                self._items += items
-                self._last = now
-                return
-            entry = self._failures.setdefault(failure_reason(error), [0, 0.0])
-            entry[0] += 1
-            entry[1] += seconds
-            name = type(error).__name__
-            self._errors[name] = self._errors.get(name, 0) + 1
+            self._record(seconds, error, items)
+
+    def _record(self, seconds: float, error: BaseException | None = None, items: int = 1) -> None:
+        self._counts[_bucket(LATENCY_BUCKETS, seconds)] += 1
+        self._recent.append(seconds)
+        if error is None:
+            self._success += 1
+            self._success_seconds += seconds
+            self._items += items
+            self._last = _now()
+            return
+        self._failed_seconds += seconds
+        entry = self._failures.setdefault(failure_reason(error), [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+        name = type(error).__name__
+        self._errors[name] = self._errors.get(name, 0) + 1
 
     def observer(self, entry: str, seconds: float, error: BaseException | None) -> None:
         """A :data:`pipeserve.Observer` recording every request of a pipe."""
@@ -171,7 +195,7 @@ class RequestTally:
         """The counts as of now."""
         with self._lock:
             counts = list(self._counts)
-            failures = {reason: (int(c), s) for reason, (c, s) in self._failures.items()}
+            failures = {reason: (int(c), s) for reason, (c, s) in list(self._failures.items())}
             snapshot = TallySnapshot(
                 success=self._success,
                 success_seconds=self._success_seconds,
@@ -180,7 +204,7 @@ class RequestTally:
                 items=self._items,
                 buckets=(),
                 total=sum(counts),
-                total_seconds=self._sum,
+                total_seconds=self._success_seconds + self._failed_seconds,
                 pending=_peek(self._entered) - _peek(self._left),
                 last_ms=int(1000 * (self._epoch + self._last)) if self._last else 0,
             )
@@ -190,17 +214,20 @@ class RequestTally:
             cumulative.append(running)
         return replace(snapshot, buckets=tuple(cumulative))
 
-    def recent_percentiles(self, window: float = 60.0, quantiles: Iterable[float] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
-        """Latency percentiles (milliseconds) of the requests finished in the last ``window``
-        seconds (at most the last :data:`RECENT`), and how many there were."""
-        since = time.monotonic() - window
+    def recent_percentiles(self, quantiles: Iterable[float] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
+        """Latency percentiles (milliseconds) of the last :data:`RECENT` requests with an
+        outcome, how many there were, and when the last success was (``last_ms``)."""
         with self._lock:
-            latencies = sorted(seconds for at, seconds in self._recent if at >= since)
-        found: dict[str, Any] = {"count": len(latencies), "window_s": window}
+            kept = sorted(self._recent)
+        found: dict[str, Any] = {"count": len(kept), "last_ms": self.snapshot().last_ms}
         for q in quantiles:
             key = f"p{round(q * 100, 1):g}"
-            found[key] = 1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+            found[key] = 1e3 * kept[min(len(kept) - 1, int(q * len(kept)))] if kept else None
         return found
+
+
+_bucket = bisect.bisect_left
+_now = time.monotonic
 
 
 def _peek(counter: itertools.count[int]) -> int:

@@ -96,7 +96,7 @@ class ServedModel:
             max_queue_delay_us=int(1000 * node.batching_timeout_ms) if node else 0,
             instance_count=sum(n.instances for n in described.nodes.values()),
         )
-        self.tally = RequestTally()
+        self.tally = RequestTally(shared=False)  # the event loop's alone
 
     # ----------------------------------------------------------------- inference
     async def infer(self, request: oip.InferRequest, timeout: float | None = None) -> oip.InferResponse:
@@ -130,7 +130,7 @@ class ServedModel:
             asked = request.timeout_s
             if asked is not None and (timeout is None or asked < timeout):
                 timeout = asked
-            if trace is None and request.parameters.get("trace") is not None:
+            if trace is None and request.parameters and request.parameters.get("trace") is not None:
                 trace = _flag(request.parameters["trace"])
             futures = self.pipe.submit_many(items, timeout=timeout, inline=True, trace=trace)
         except BaseException as exc:
@@ -169,11 +169,11 @@ class ServedModel:
             self._failed(submitted.start, exc)
             raise
         seconds = (time.perf_counter_ns() - submitted.start) / 1e9
-        self.tally.record(seconds, items=len(submitted.items), admitted=True)
+        self.tally.served(seconds, len(submitted.items))
         return oip.InferResponse(self.name, tuple(outputs), model_version=VERSION, id=submitted.request.id)
 
     def _failed(self, start: int, error: BaseException) -> None:
-        self.tally.record((time.perf_counter_ns() - start) / 1e9, error, admitted=True)
+        self.tally.failed((time.perf_counter_ns() - start) / 1e9, error)
 
     def counters(self) -> oip.ModelCounters:
         """Triton's statistics for this model: requests from the server's tally, queue and compute

@@ -419,11 +419,10 @@
 
   function latencyTile(model, history) {
     const latency = model.latency_ms || {};
-    const span = latency.window_s ? Math.round(latency.window_s) : 60;
     return el(
       "div",
       { class: "tile wide" },
-      el("div", { class: "label" }, `latency, last ${span} s (${integer(latency.count)} requests)`),
+      el("div", { class: "label" }, `latency, last ${integer(latency.count)} requests`),
       el(
         "div",
         { class: "value quantiles" },
