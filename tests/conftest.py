@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,25 @@ import pytest
 import pipeserve as ps
 
 _names = itertools.count()
+
+
+def http_ready(port: int) -> bool:
+    """Whether a server on 127.0.0.1:``port`` says it is ready (``/v2/health/ready``)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

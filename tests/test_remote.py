@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ pytest.importorskip("tritonclient.grpc")
 
 import pipeserve as ps  # noqa: E402
 from pipeserve.server import Server  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
+from tests.conftest import http_ready, wait_until  # noqa: E402
 from tests.test_onnx import affine_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,15 +221,7 @@ def peer_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     argv = [sys.executable, "-m", "pipeserve", "serve", str(config), "--port", str(port), "--grpc-port", "-1"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        wait_until(ready, timeout=30)
+        wait_until(lambda: http_ready(port), timeout=30)
         yield process
     finally:
         process.kill()

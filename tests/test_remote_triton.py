@@ -22,7 +22,7 @@ np = pytest.importorskip("numpy")
 pytest.importorskip("tritonclient.grpc")
 
 import pipeserve as ps  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
+from tests.conftest import http_ready, stop_process, wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRITON = Path(os.environ.get("PIPESERVE_TRITON", ROOT / ".venv" / "triton" / "bin" / "tritonserver"))
@@ -105,21 +105,12 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]
         def ready() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"tritonserver exited: {(repository / 'triton.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
+            return http_ready(http_port)
 
         wait_until(ready, timeout=90)
         yield http_port, grpc_port
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
         log.close()
 
 
