@@ -185,6 +185,7 @@ def test_remote_instances_take_no_share_of_the_cores(peer: Server) -> None:
     }
     with ps.pipe(config, cpu_count=4) as pipe:
         assert pipe.describe().nodes["work"].cpu_threads == 2  # 4 cores over 2 computing instances
+    assert ps.instance_count(config) == 2  # what a server shares its cores by
 
 
 def test_a_traced_request_continues_its_trace_on_the_peer(tmp_path: Path) -> None:

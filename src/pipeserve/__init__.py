@@ -32,8 +32,7 @@ from .errors import (
 )
 from .events import Event
 from .filters import Status
-from .graph import instance_count
-from .pipe import Observer, Pipe, PipeState, TraceOption, pipe
+from .pipe import Observer, Pipe, PipeState, TraceOption, instance_count, pipe
 from .registry import list_backends, list_filters, register_backend, register_filter, register_lazy_backend
 from .signature import DATATYPES, TensorSpec
 from .statistics import Health, InstanceHealth, InstanceStatistics, NodeHealth, NodeStatistics

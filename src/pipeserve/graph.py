@@ -13,16 +13,15 @@ subgraph has more than one sink, a jump into itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .config import NodeConfig, get_int, get_list, get_str, load_config
+from .config import NodeConfig, get_list, get_str
 from .errors import ConfigError, InputError, RequestError
 
-__all__ = ["Graph", "GraphNode", "MapSource", "Plan", "build_input", "instance_count", "parse_map"]
+__all__ = ["Graph", "GraphNode", "MapSource", "Plan", "build_input", "parse_map"]
 
 Item = dict[str, Any]
 
@@ -364,20 +363,3 @@ def build_input(node: GraphNode, outputs: Mapping[str, Item]) -> Item:
             f"node {node.name!r}: the input built by 'map' has no 'data' (keys: {sorted(built)})", node=node.name
         )
     return built
-
-
-def instance_count(config: str | os.PathLike[str] | Mapping[str, Any]) -> int:
-    """How many instances a pipe built from ``config`` would run (all nodes, all bucket groups),
-    without building it: what a host of several pipes needs to share the cores among them.
-
-    Raises:
-        ConfigError: the configuration is invalid.
-    """
-    loaded = load_config(config)
-    graph = Graph.from_config(loaded.nodes)
-    total = 0
-    for name, node in graph.nodes.items():
-        if node.kind == COMPUTE and node.physical == name:
-            groups = loaded.nodes[name].groups
-            total += sum(get_int(group, "instance_num", 1, node=name, minimum=1) for group in groups)
-    return total

@@ -33,21 +33,22 @@ from types import MappingProxyType
 from typing import Any
 
 from .budget import machine_cores, share
-from .config import get_float, load_config
+from .config import get_float, get_int, load_config
 from .description import EntryDescription, GraphNodeDescription, NodeDescription, PipeDescription
-from .errors import ConfigError, InputError, PipeClosed
+from .errors import ConfigError, InputError, MissingDependencyError, PipeClosed, UnknownNameError
 from .events import Event
 from .executor import Executor
 from .graph import COMPUTE, Graph
 from .node import Node
-from .registry import import_modules
+from .registry import import_modules, uses_cpu
 from .request import DeadlineWatch, InFlight, Request
 from .settings import NodeSettings
 from .signature import parse_signature
 from .statistics import Health, NodeHealth, NodeStatistics
+from .syntax import parse_backend
 from .tracing import Trace, TraceExporter, TraceSink, parse_traceparent
 
-__all__ = ["Observer", "Pipe", "PipeState", "TraceOption", "pipe"]
+__all__ = ["Observer", "Pipe", "PipeState", "TraceOption", "instance_count", "pipe"]
 
 log = logging.getLogger("pipeserve")
 
@@ -92,6 +93,31 @@ def pipe(
             optional package is absent.
     """
     return Pipe(config, timeout=timeout, cpu_count=cpu_count, clock=clock)
+
+
+def instance_count(config: Config) -> int:
+    """How many instances computing on the CPU a pipe built from ``config`` would run (all nodes,
+    all bucket groups; a ``Remote`` node's, which wait on the network, are not counted), without
+    building it: what a host of several pipes needs to share the cores among them.
+
+    Raises:
+        ConfigError: the configuration is invalid.
+    """
+    loaded = load_config(config)
+    graph = Graph.from_config(loaded.nodes)
+    total = 0
+    for name, node in graph.nodes.items():
+        if node.kind == COMPUTE and node.physical == name:
+            import_modules(NodeSettings.from_config(loaded.nodes[name]).imports, name)  # they register backends
+            for group in loaded.nodes[name].groups:
+                tree = parse_backend(str(group.get("backend", "Identity")), node=name)
+                try:
+                    computing = uses_cpu(tree, name)
+                except (MissingDependencyError, UnknownNameError):
+                    computing = True  # building it will say what is wrong
+                if computing:
+                    total += get_int(group, "instance_num", 1, node=name, minimum=1)
+    return total
 
 
 class Pipe:

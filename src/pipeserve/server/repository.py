@@ -212,7 +212,8 @@ class Repository:
         with self._lock:
             sharing = {n for n, state in self._states.items() if state.state in ("LOADING", "READY")} - {name}
             others = sum(self._instances.get(n, 0) for n in sharing)
-        return max(mine, self.cpu_count * mine // max(1, mine + others))
+        # A model of Remote nodes only computes nothing here: one core is plenty for its Python.
+        return max(1, mine, self.cpu_count * mine // max(1, mine + others))
 
 
 def _expand(source: str) -> list[tuple[str, Config, Path | None]]:
