@@ -92,6 +92,26 @@ def test_unregister_removes_the_families_and_the_observer() -> None:
     assert watched.tally.snapshot().success == 1
 
 
+def test_several_pipes_share_one_registry_under_their_model_names() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    with ps.pipe({"backend": "Identity"}) as first, ps.pipe({"backend": "Identity"}) as second:
+        a = pipeserve.metrics.register(first, model="a", registry=registry)
+        b = pipeserve.metrics.register(second, model="b", registry=registry)
+        with pytest.raises(ValueError, match="already registered"):
+            pipeserve.metrics.register(second, model="a", registry=registry)
+        first({"data": 1})
+        second([{"data": 1}, {"data": 2}])
+        text = prometheus_client.generate_latest(registry).decode()
+        assert text.count("# TYPE nv_inference_request_success ") == 1  # one family, two models
+        found = samples(text)
+        assert value(found, "nv_inference_request_success", model="a", version="1") == 1
+        assert value(found, "nv_inference_request_success", model="b", version="1") == 2
+        pipeserve.metrics.unregister(a)
+        assert 'model="a"' not in prometheus_client.generate_latest(registry).decode()
+        pipeserve.metrics.unregister(b)
+        assert "nv_inference" not in prometheus_client.generate_latest(registry).decode()
+
+
 def test_metrics_without_prometheus_client_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

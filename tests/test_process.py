@@ -1,6 +1,9 @@
 """``instance_type = "process"``: worker processes, shared-memory arrays, crash recovery."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +79,53 @@ def test_configuration_errors_in_the_worker_are_reported(make_pipe: Any) -> None
 def test_a_backend_failing_to_initialise_in_its_worker_is_reported(make_pipe: Any) -> None:
     with pytest.raises(ps.ConfigError, match="failed to initialise in its process"):
         ps.pipe({"backend": "ResizeMat", "instance_type": "process", "resize_h": 4})  # no resize_w
+
+
+# ----------------------------------------------------------------- backends registered anywhere
+@ps.register_backend("ProcessTestHere", replace=True)
+class RegisteredHere(ps.Backend):
+    """Registered in this test module, which no ``imports`` key names."""
+
+    def forward(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            item["result"] = (item["data"], os.getpid())
+
+
+def test_a_backend_registered_in_the_callers_module_needs_no_imports(make_pipe: Any) -> None:
+    pipe = make_pipe({"backend": "S[ProcessTestHere]", "instance_type": "process"})
+    value, pid = pipe({"data": 5})["result"]
+    assert value == 5 and pid != os.getpid()
+
+
+def test_a_backend_from_a_script_works_in_worker_processes(tmp_path: Any) -> None:
+    script = tmp_path / "serve_me.py"
+    script.write_text(
+        "import os, pipeserve as ps\n"
+        "@ps.register_backend('FromTheScript')\n"
+        "def from_script(items):\n"
+        "    return [(item['data'] * 2, os.getpid()) for item in items]\n"
+        "if __name__ == '__main__':\n"
+        "    with ps.pipe({'backend': 'FromTheScript', 'instance_type': 'process'}) as pipe:\n"
+        "        value, pid = pipe({'data': 21})['result']\n"
+        "        print(value, pid != os.getpid())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    argv = [sys.executable, str(script)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["42", "True"]
+
+
+def test_an_interactively_defined_backend_is_refused_with_what_to_do(monkeypatch: Any) -> None:
+    import types
+
+    interactive = types.ModuleType("__main__")  # a REPL's or a notebook's: no __file__
+    monkeypatch.setitem(sys.modules, "__main__", interactive)
+
+    def cell_backend(items: list[dict[str, Any]]) -> list[Any]:
+        return [item["data"] for item in items]
+
+    cell_backend.__module__ = "__main__"
+    ps.register_backend(cell_backend, "ProcessTestCell", replace=True)
+    with pytest.raises(ps.ConfigError, match="interactive session"):
+        ps.pipe({"backend": "ProcessTestCell", "instance_type": "process"})

@@ -149,6 +149,45 @@ def test_the_deadline_travels_and_bounds_the_wait(peer: Server) -> None:
         assert time.monotonic() - start < 1.5  # the peer's model takes 2 s
 
 
+def test_a_deadline_that_passes_does_not_open_the_breaker(peer: Server) -> None:
+    from pipeserve.backends import remote
+
+    config = {"backend": "Remote", "url": url_of(peer, "grpc"), "model": "slow", "breaker_failures": 1}
+    with ps.pipe(config) as pipe:
+        with pytest.raises((ps.RemoteError, ps.RequestTimeout)):
+            pipe({"data": np.array([1.0], np.float32)}, timeout=0.2)
+    assert not remote._breakers[(url_of(peer, "grpc"), "slow")].open  # the peer is up, only slow
+
+
+def test_the_nodes_max_caps_the_peers(peer: Server) -> None:
+    config = {"backend": "Remote", "url": url_of(peer, "http"), "model": "classifier", "max": 4}
+    with ps.pipe(config) as pipe:
+        assert pipe.max() == 4
+
+
+def test_a_probe_that_fails_before_its_request_leaves_the_breaker_ready() -> None:
+    port = _free_port()
+    config = {
+        "backend": "Remote",
+        "url": f"http://127.0.0.1:{port}",
+        "model": "probe",
+        "max_batch_size": 8,
+        "remote_inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "key": "data"}],
+        "remote_outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [1], "key": "result"}],
+        "retries": 1,
+        "breaker_failures": 1,
+        "breaker_cooldown": 50,
+    }
+    with ps.pipe(config) as pipe:
+        with pytest.raises(ps.RemoteError, match="unreachable"):
+            pipe({"data": np.array([1.0], np.float32)})  # opens the breaker
+        time.sleep(0.1)
+        with pytest.raises(ps.ContractError):
+            pipe({"data": "not a number"})  # the probe fails on this side, before any request
+        with pytest.raises(ps.RemoteError, match="unreachable"):  # the next batch is a probe again
+            pipe({"data": np.array([1.0], np.float32)})
+
+
 def test_a_missing_peer_is_a_config_error_naming_it() -> None:
     port = _free_port()
     config = {"backend": "Remote", "url": f"http://127.0.0.1:{port}", "model": "m", "connect_timeout": 200}
@@ -186,6 +225,10 @@ def test_remote_instances_take_no_share_of_the_cores(peer: Server) -> None:
     with ps.pipe(config, cpu_count=4) as pipe:
         assert pipe.describe().nodes["work"].cpu_threads == 2  # 4 cores over 2 computing instances
     assert ps.instance_count(config) == 2  # what a server shares its cores by
+    grouped = {"backend": "Remote&Identity", "instance_num": "6&2", "url": url_of(peer, "http"), "model": "noop"}
+    with ps.pipe(grouped, cpu_count=4) as pipe:  # per bucket group: only Identity's 2 compute
+        assert pipe.describe().nodes["main"].cpu_threads == 2
+    assert ps.instance_count(grouped) == 2
 
 
 def test_a_traced_request_continues_its_trace_on_the_peer(tmp_path: Path) -> None:

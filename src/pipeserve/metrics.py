@@ -149,6 +149,8 @@ class RequestTally:
         or :meth:`failed`)."""
         if not shared:
             self.record = self._record  # type: ignore[method-assign]
+        else:
+            self.served = self._served_locked  # type: ignore[method-assign]
 
     def served(self, seconds: float, items: int) -> None:
         """An admitted request of ``items`` items succeeded after ``seconds`` (the server's path:
@@ -160,6 +162,10 @@ class RequestTally:
         self._success_seconds += seconds
         self._items += items
         self._last = _now()
+
+    def _served_locked(self, seconds: float, items: int) -> None:
+        with self._lock:
+            RequestTally.served(self, seconds, items)
 
     def failed(self, seconds: float, error: BaseException) -> None:
         """An admitted request failed after ``seconds`` with ``error``."""
@@ -450,27 +456,38 @@ def _prometheus() -> Any:
 def register(pipe: Pipe, *, model: str = "pipe", entry: str | None = None, registry: Any = None) -> WatchedModel:
     """Export ``pipe``'s metrics as model ``model`` in ``registry`` (default: prometheus_client's
     global ``REGISTRY``): the same families ``pipeserve serve`` exports, each request of the pipe
-    counted from now on (an observer records it, NOTE [metric sources]).
+    counted from now on (an observer records it, NOTE [metric sources]). Several pipes may be
+    registered in one registry, under different model names: one collector there exports them all.
 
     Returns:
         what is exported (pass it to :func:`unregister` to stop).
 
     Raises:
         MissingDependencyError: prometheus-client is not installed.
+        ValueError: ``model`` is already registered in ``registry``.
     """
     prometheus_client = _prometheus()
+    registry = registry if registry is not None else prometheus_client.REGISTRY
     tally = RequestTally()
     watched = WatchedModel(model, pipe, tally, entry, pending=lambda: pipe.pending)
-    pipe.add_observer(tally.observer)
-    collector = PipeCollector(lambda: (watched,))
-    registry = registry if registry is not None else prometheus_client.REGISTRY
-    registry.register(collector)
     with _registered_lock:
-        _registered[id(watched)] = (watched, collector, registry)
+        shared = _registries.get(id(registry))
+        if shared is None:
+            models: dict[str, WatchedModel] = {}
+            collector = PipeCollector(lambda: tuple(models.values()))
+            registry.register(collector)
+            shared = _registries[id(registry)] = (registry, collector, models)
+        if model in shared[2]:
+            raise ValueError(f"a model named {model!r} is already registered in this registry")
+        shared[2][model] = watched
+        _registered[id(watched)] = id(registry)
+    pipe.add_observer(tally.observer)
     return watched
 
 
-_registered: dict[int, tuple[WatchedModel, PipeCollector, Any]] = {}
+# Per registry (by id): the registry, its one collector, and the models it exports.
+_registries: dict[int, tuple[Any, PipeCollector, dict[str, WatchedModel]]] = {}
+_registered: dict[int, int] = {}  # a registered WatchedModel's id -> its registry's id
 _registered_lock = threading.Lock()
 
 
@@ -478,11 +495,15 @@ def unregister(watched: WatchedModel) -> None:
     """Stop exporting what :func:`register` returned: its families leave the registry and the
     pipe's requests are no longer counted. Idempotent."""
     with _registered_lock:
-        found = _registered.pop(id(watched), None)
-    if found is not None:
-        _, collector, registry = found
-        registry.unregister(collector)
-        watched.pipe.remove_observer(watched.tally.observer)
+        registry_id = _registered.pop(id(watched), None)
+        if registry_id is None:
+            return
+        registry, collector, models = _registries[registry_id]
+        models.pop(watched.name, None)
+        if not models:
+            registry.unregister(collector)
+            del _registries[registry_id]
+    watched.pipe.remove_observer(watched.tally.observer)
 
 
 def server_registry(models: Callable[[], Iterable[WatchedModel]]) -> Any:

@@ -72,10 +72,12 @@ class Node:
         return self._workers.cpu_threads
 
     @property
-    def uses_cpu(self) -> bool:
-        """Whether its instances compute on the CPU (False for a backend that says it waits, such
-        as ``Remote``): only those share the pipe's cores."""
-        return uses_cpu(self._workers.instances[0].tree, self.name)
+    def computing_instances(self) -> int:
+        """Its instances that compute on the CPU (not those of a backend that says it waits, such
+        as ``Remote``; each bucket group has its own backend): only those share the pipe's cores."""
+        groups = {instance.group: instance.tree for instance in self._workers.instances}
+        computing = {group for group, tree in groups.items() if uses_cpu(tree, self.name)}
+        return sum(1 for instance in self._workers.instances if instance.group in computing)
 
     def enable_tracing(self) -> None:
         """Record node spans of traced requests from now on (NOTE [traces]); until then a batch

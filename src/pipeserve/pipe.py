@@ -156,7 +156,7 @@ class Pipe:
                     self._nodes[name] = Node(self.config.nodes[name], settings=settings, clock=clock)
             # The cores are one budget for the whole pipe: stages run at the same time. Instances
             # that wait on the network (a Remote node's) take no share.
-            computing = sum(len(node.instances) for node in self._nodes.values() if node.uses_cpu)
+            computing = sum(node.computing_instances for node in self._nodes.values())
             threads = share(cpu_count or machine_cores(), computing)
             for scheduled in self._nodes.values():
                 scheduled.share_cpu(threads)
@@ -168,7 +168,8 @@ class Pipe:
             raise
         self._deadlines = DeadlineWatch(clock)
         self._inflight = InFlight()
-        self._observers: list[Observer] = []
+        self._observers: list[Observer] = []  # replaced whole, never changed in place
+        self._observers_lock = threading.Lock()
         self._watching = False  # observers, or a trace rate: admission looks further
         self._observer_failed = False
         # Pipe-wide keys: top-level ones reach every node, the entry's included.
@@ -350,15 +351,18 @@ class Pipe:
         if not sampled:
             return
         if not self._tracing:
-            self._tracing = True
             for node in self._nodes.values():
-                node.enable_tracing()
+                node.enable_tracing()  # before the flag: a request racing this one may skip the loop
+            self._tracing = True
         request.trace = Trace(request.entry, self._clock, self._clock(), self._exporter, parent)
 
     def _outcome(self, request: Request, error: BaseException | None) -> None:
         cancelled = request.cancelled
         if request.trace is not None:
-            request.trace.finish(error, cancelled=cancelled)
+            try:
+                request.trace.finish(error, cancelled=cancelled)
+            except Exception:  # a trace must never cost a request its outcome
+                log.exception("a trace could not be finished")
         if not self._observers:
             return
         seconds = self._clock() - request.started
@@ -476,13 +480,15 @@ class Pipe:
         on the thread that resolves the request, before the caller learns the outcome, so it must
         be quick. One that raises is logged once and ignored. A request admitted before the call
         is not observed."""
-        self._observers = [*self._observers, observer]
-        self._watching = True
+        with self._observers_lock:
+            self._observers = [*self._observers, observer]
+            self._watching = True
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer`` (requests already admitted still tell it)."""
-        self._observers = [o for o in self._observers if o != observer]  # bound methods are equal, never identical
-        self._watching = bool(self._observers) or self._trace_rate > 0
+        with self._observers_lock:
+            self._observers = [o for o in self._observers if o != observer]  # bound methods: equal, not identical
+            self._watching = bool(self._observers) or self._trace_rate > 0
 
     @property
     def trace_rate(self) -> float:

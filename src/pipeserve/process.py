@@ -2,8 +2,11 @@
 
 NOTE [process instances]
 Each instance of such a node is a proxy owning one worker process (started with ``spawn``, safe
-beside threads). The worker imports the modules named in ``imports`` (so that backends registered
-there exist), builds the node's backend expression with the same parameters, and then serves
+beside threads). The worker imports the modules named in ``imports`` and those that registered
+the node's backends and filters in the parent (a package, a test module; the script itself runs
+again as ``__mp_main__``, its top level registering what it registers), so that they exist
+there too; a backend defined interactively (no file to import) is refused with what to do. It
+then builds the node's backend expression with the same parameters, and serves
 batches over a pipe. Items travel pickled, except numpy arrays of at least ``_SHM_MIN`` bytes,
 which travel through shared memory in both directions (one copy in, one copy out). Only the keys a
 backend changed come back. A worker that dies (a crash, ``os._exit``, the OOM killer) fails the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import replace
@@ -101,14 +105,16 @@ def _picklable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-def _serve(connection: Connection, expression: str, params: dict[str, Any], options: Options) -> None:
-    """The worker process's main loop."""
+def _serve(connection: Connection, expression: str, params: dict[str, Any], options: Options, homes: list[str]) -> None:
+    """The worker process's main loop. ``homes``: the modules that registered the backend in the
+    parent (see :func:`_import_homes`)."""
     from .registry import build
     from .syntax import parse_backend
 
     try:
         for module in get_list(params, "imports", node=options.node):
             importlib.import_module(module)
+        _import_homes(homes, options.node)
         backend = build(parse_backend(expression, node=options.node), params, options)
         connection.send(("ready", backend.min(), backend.max()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -145,6 +151,49 @@ def _serve(connection: Connection, expression: str, params: dict[str, Any], opti
             _release(outbound, unlink=True)
 
 
+def _import_homes(homes: list[str], node: str) -> None:
+    """Import the modules that registered the node's backends in the parent, so that they
+    register here too. ``__main__`` is already in: a spawned worker runs the parent's script as
+    ``__mp_main__`` (its top level, not its ``if __name__ == "__main__":`` block).
+
+    Raises:
+        ConfigError: a module that this process cannot import, saying what to do.
+    """
+    for module in homes:
+        if module == "__main__":
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"the worker process cannot import {module!r}, where the backend was registered ({exc!r}); "
+                "make it importable (on sys.path), or list a module that registers it in 'imports'",
+                node=node,
+            ) from exc
+
+
+def _homes_of(expression: str, node: str) -> list[str]:
+    """The modules a worker must import for ``expression`` (registry.home_modules).
+
+    Raises:
+        ConfigError: a backend registered where no other process can find it (an interactive
+            session or a notebook: ``__main__`` without a file).
+    """
+    from .registry import home_modules
+    from .syntax import parse_backend
+
+    homes = home_modules(parse_backend(expression, node=node))
+    main = sys.modules.get("__main__")
+    if "__main__" in homes and getattr(main, "__file__", None) is None:
+        raise ConfigError(
+            "the backend is defined in an interactive session (a notebook cell or a REPL), which a worker "
+            "process cannot import: define it in a module and register it there (or list that module in "
+            "'imports'), or use thread instances",
+            node=node,
+        )
+    return homes
+
+
 class ProcessBackend(Backend):
     """The in-process proxy of a process instance (NOTE [process instances])."""
 
@@ -162,6 +211,7 @@ class ProcessBackend(Backend):
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
         self.plain_params = {k: v for k, v in params.items() if k != "instance_type"}
+        self.homes = _homes_of(self.expression, options.node)
         self._start()
 
     def _start(self) -> None:
@@ -170,7 +220,7 @@ class ProcessBackend(Backend):
         self.process = context.Process(
             target=_serve,
             # The deadline and trace readers stay here: they read this process's batches.
-            args=(child, self.expression, self.plain_params, self._portable_options()),
+            args=(child, self.expression, self.plain_params, self._portable_options(), self.homes),
             name=f"pipeserve-{self.options.node}-{self.options.instance}",
             daemon=True,
         )

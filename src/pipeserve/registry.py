@@ -208,6 +208,31 @@ def _resolve(table: dict[str, Any], kind: str, name: str, node: str | None) -> A
     return value
 
 
+def home_modules(tree: BackendTree) -> list[str]:
+    """The modules that registered the backends and filters of ``tree``, in order, pipeserve's
+    own left out: what another process must import to build it (a process instance's worker).
+    ``__main__`` stands for the script being run."""
+    names, filters = tree.names(), _filter_names(tree)
+    with _lock:
+        objects = [_backends.get(n) for n in names] + [_filters.get(n) for n in filters]
+    found: list[str] = []
+    for obj in objects:
+        if obj is None or isinstance(obj, _Lazy):
+            continue
+        module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+        ours = module == "pipeserve" or str(module).startswith("pipeserve.")
+        if isinstance(module, str) and not ours and module not in found:
+            found.append(module)
+    return found
+
+
+def _filter_names(tree: BackendTree) -> list[str]:
+    found = [tree.filter] if tree.filter is not None else []
+    for child in tree.children:
+        found.extend(_filter_names(child))
+    return found
+
+
 def uses_cpu(tree: BackendTree, node: str | None = None) -> bool:
     """Whether the backend of ``tree`` computes on the CPU (its class's ``uses_cpu``, True unless
     it says otherwise: a backend that waits on the network takes no share of the cores).

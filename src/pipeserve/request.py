@@ -176,9 +176,11 @@ class Request:
         self.error = error
         # Observers and the trace learn the outcome before the caller does, so that a count read
         # after a call returns includes it.
-        if self.watch is not None:
-            self.watch(self, error)
-        self._done.release()
+        try:
+            if self.watch is not None:
+                self.watch(self, error)
+        finally:
+            self._done.release()  # whatever a watcher does, the caller learns the outcome
         if self.inflight is not None:
             self.inflight.leave()
         if self.future is None:

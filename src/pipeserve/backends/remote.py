@@ -28,14 +28,15 @@ full declarations (``{ name, datatype, shape, key }``, shapes per item) with ``m
 and the node then starts without asking the peer.
 
 Deadlines and failure: the earliest deadline of the batch's requests travels as the request's
-``timeout`` parameter and bounds the wait for the answer. A connection that fails, a 503/
-UNAVAILABLE or a timeout is retried with backoff (20 ms doubling, at most 1 s) while the deadline
-allows (without a deadline: ``retries`` times); then the batch's items fail together with
-RemoteError, and the failure counts against the peer's circuit breaker. After
-``breaker_failures`` failures in a row the breaker opens: for ``breaker_cooldown`` ms every batch
-for that peer fails at once, without a request, rather than queueing work that cannot succeed;
-then one batch is let through and its success closes the breaker again (recovery needs no
-restart). An error the peer *answers* with (a bad input, its model failing) is not the peer being
+``timeout`` parameter and bounds the wait for the answer. A connection that fails or a 503/
+UNAVAILABLE is retried with backoff (20 ms doubling, at most 1 s) while the deadline allows
+(without a deadline: ``retries`` times); then the batch's items fail together with RemoteError,
+and the failure counts against the peer's circuit breaker (a kept-alive connection found closed is
+replaced at once, not counted). No answer in time (504, DEADLINE_EXCEEDED, a read timing out)
+fails the batch without counting: the peer is up, only slow. After ``breaker_failures`` failures
+in a row the breaker opens: for ``breaker_cooldown`` ms every batch for that peer fails at once,
+without a request, rather than queueing work that cannot succeed; then one batch is let through
+(the probe) and its outcome closes or reopens the breaker (recovery needs no restart). An error the peer *answers* with (a bad input, its model failing) is not the peer being
 down: the batch fails, and the node runs its items again one by one (NOTE [error isolation]), so
 that only the items the peer refuses fail.
 """
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import Backend, ConfigError, Options, PartialFailure, RemoteError, TensorSpec, oip
+from .. import Backend, ConfigError, Options, PartialFailure, RemoteError, RequestError, RequestTimeout, TensorSpec, oip
 
 __all__ = ["Breaker", "Remote"]
 
@@ -63,8 +64,16 @@ class _Transient(Exception):
     """The peer could not be reached or said it is unavailable: worth retrying."""
 
 
+class _Stale(Exception):
+    """A kept-alive connection turned out closed before the request got an answer."""
+
+
 class _Answered(Exception):
     """The peer answered with an error about this request."""
+
+
+class _TimedOut(Exception):
+    """No answer within the deadline (the peer may be slow; it is not known to be down)."""
 
 
 # ------------------------------------------------------------------------------------------ breaker
@@ -91,7 +100,8 @@ class Breaker:
 
     def admit(self) -> float | None:
         """None when a batch may go; otherwise the seconds until it may be tried again. Once
-        the cool-down is over, one batch goes (the probe) and the others wait for its outcome."""
+        the cool-down is over, one batch goes (the probe); the others still fail at once until
+        its outcome closes the breaker or opens it again."""
         with self._lock:
             if self._consecutive < self.failures:
                 return None
@@ -102,6 +112,12 @@ class Breaker:
                 return self.cooldown
             self._probing = True
             return None
+
+    def settle(self) -> None:
+        """A batch ended without telling whether the peer is up (it failed before its request):
+        a probe among such batches leaves the breaker as it was, ready for the next probe."""
+        with self._lock:
+            self._probing = False
 
     def succeeded(self) -> None:
         """A batch reached the peer: close the breaker."""
@@ -158,6 +174,8 @@ class _Http:
         status, response_headers, body = self._request("POST", path, payload, headers, timeout)
         if status == 503:
             raise _Transient(f"HTTP 503: {_error_text(body)}")
+        if status == 504:
+            raise _TimedOut(f"HTTP 504: {_error_text(body)}")
         if status != 200:
             raise _Answered(f"HTTP {status}: {_error_text(body)}")
         return oip.http_codec.decode_response(body, response_headers.get(oip.HEADER_LENGTH.lower()))
@@ -165,10 +183,23 @@ class _Http:
     def _request(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[int, dict[str, str], bytes]:
+        reused = self.connection is not None
+        try:
+            return self._exchange(method, path, body, headers, timeout)
+        except _Stale:
+            if not reused:
+                raise _Transient("the connection closed before an answer") from None
+            # The peer closed the idle keep-alive connection: a new one, at once, not a retry.
+            return self._exchange(method, path, body, headers, timeout)
+
+    def _exchange(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
         connection = self.connection
         if connection is None:
             connection = self.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
+            # A bound on each socket operation: the answer's bytes arrive in a few reads at most.
             if connection.sock is not None:
                 connection.sock.settimeout(timeout)
             else:
@@ -177,13 +208,17 @@ class _Http:
             response = connection.getresponse()
             data = response.read()
             found = {key.lower(): value for key, value in response.getheaders()}
-        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
-            connection.close()
-            self.connection = None
+        except TimeoutError as exc:
+            self.close()
+            raise _TimedOut(f"no answer within {timeout:.3f} s") from exc
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            raise _Stale() from exc
+        except (OSError, http.client.HTTPException) as exc:  # refused, unreachable, cut short
+            self.close()
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
         if response.will_close:
-            connection.close()
-            self.connection = None
+            self.close()
         return response.status, found, data
 
     def close(self) -> None:
@@ -248,8 +283,10 @@ class _Grpc:
         except self.grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             text = f"{getattr(code, 'name', code)}: {exc.details() if hasattr(exc, 'details') else exc}"
-            if code in (self.grpc.StatusCode.UNAVAILABLE, self.grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code == self.grpc.StatusCode.UNAVAILABLE:
                 raise _Transient(text) from exc
+            if code == self.grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise _TimedOut(text) from exc
             raise _Answered(text) from exc
 
     def close(self) -> None:
@@ -307,9 +344,11 @@ class Remote(Backend):
             self.transport.close()
             raise
         self.breaker = _breaker(self.peer, self.model, failures, cooldown)
+        self.node_max = _positive_int(params, "max", 0, node, minimum=0)  # 0: the peer's
 
     def max(self) -> int:
-        return max(1, self.signature.max_batch_size)
+        peer = max(1, self.signature.max_batch_size)
+        return min(peer, self.node_max) if self.node_max else peer
 
     # ------------------------------------------------------------------ signature
     def _signature(self, params: Mapping[str, Any], node: str, timeout: float) -> _Signature:
@@ -360,62 +399,70 @@ class Remote(Backend):
     def forward(self, items: list[dict[str, Any]]) -> None:
         wait = self.breaker.admit()
         if wait is not None:
-            error = RemoteError(
-                f"peer {self.peer} model {self.model!r} failed {self.breaker.failures} times in a row: "
-                f"failing fast for {wait:.1f} s more (circuit open)",
-                node=self.options.node,
-                peer=self.peer,
+            error = self._error(
+                f"failed {self.breaker.failures} times in a row: failing fast for {wait:.1f} s more (circuit open)"
             )
             raise PartialFailure(dict.fromkeys(range(len(items)), error))
+        try:
+            self._forward(items)
+        finally:
+            self.breaker.settle()  # a probe that ended without reaching the peer either way
+
+    def _forward(self, items: list[dict[str, Any]]) -> None:
         signature = self.signature
-        tensors = oip.stack_outputs(items, signature.inputs)
+        tensors = oip.stack_outputs(items, signature.inputs)  # ContractError: an item does not fit
         if not signature.max_batch_size:  # a model without a batch dimension: one item, as it is
             tensors = [oip.Tensor(t.name, t.datatype, t.data[0]) for t in tensors]
-        remaining = self.options.remaining()
-        response = self._send(tensors, remaining, len(items))
+        response = self._send(tensors, self.options.remaining(), len(items))
         outputs = response.outputs
         if not signature.max_batch_size:
             outputs = tuple(oip.Tensor(t.name, t.datatype, t.data[None, ...]) for t in outputs)
         try:
-            parts = oip.split_batch(_by_name(outputs, signature.outputs, self.peer), signature.outputs)
-        except Exception as exc:
-            raise RemoteError(f"peer {self.peer} answered {self.model!r} with unusable outputs: {exc}") from exc
-        if len(parts) != len(items):
-            raise RemoteError(f"peer {self.peer} answered {len(parts)} results for a batch of {len(items)}")
+            parts = oip.split_batch(_by_name(outputs, signature.outputs), signature.outputs)
+            if len(parts) != len(items):
+                raise ValueError(f"{len(parts)} results for a batch of {len(items)}")
+        except Exception as exc:  # the answer as a whole is unusable: no item-by-item re-run
+            error = self._error(f"answered with unusable outputs: {exc}")
+            raise PartialFailure(dict.fromkeys(range(len(items)), error)) from exc
         for item, part in zip(items, parts, strict=True):
             item.update(part)
 
+    def _error(self, what: str) -> RemoteError:
+        return RemoteError(f"peer {self.peer} model {self.model!r} {what}", node=self.options.node, peer=self.peer)
+
     def _send(self, tensors: Sequence[oip.Tensor], remaining: float | None, count: int) -> oip.InferResponse:
         """The response, retrying what is worth it while the deadline allows (NOTE [remote calls])."""
+
+        def fail_all(error: RequestError) -> PartialFailure:
+            # Every item failed for the same reason: no item-by-item re-run.
+            return PartialFailure(dict.fromkeys(range(count), error))
+
         end = None if remaining is None else time.monotonic() + remaining
         traceparent = self.options.traceparent()  # the peer's spans join the batch's trace
         requested = tuple(oip.RequestedOutput(spec.name, binary=True) for spec in self.signature.outputs)
         delay, attempt = FIRST_BACKOFF, 0
         while True:
             left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:  # waited too long here, or in retries: not the peer's fault
+                late = f"node {self.options.node!r}: the deadline passed before {self.peer} answered"
+                raise fail_all(RequestTimeout(late, node=self.options.node))
             parameters: dict[str, Any] = {} if left is None else {"timeout": max(1, int(left * 1e6))}
             request = oip.InferRequest(tuple(tensors), outputs=requested, parameters=parameters)
             attempt += 1
             try:
-                if left is not None and left <= 0:
-                    raise _Transient("the deadline passed before an answer")
                 timeout = NO_DEADLINE_TIMEOUT if left is None else left
                 response = self.transport.infer(self.model, self.version, request, timeout, traceparent)
+            except _TimedOut as exc:  # the peer is slow, or its queue long: up, but too late
+                self.breaker.succeeded()
+                raise fail_all(self._error(f"did not answer in time: {exc}")) from None
             except _Answered as exc:
                 self.breaker.succeeded()  # the peer is up: it answered
                 raise RemoteError(f"peer {self.peer} refused the batch: {exc}", peer=self.peer) from None
             except _Transient as exc:
                 left = None if end is None else end - time.monotonic()
-                out_of_time = left is not None and left <= delay
-                if out_of_time or (left is None and attempt >= self.retries):
+                if (left is not None and left <= delay) or (left is None and attempt >= self.retries):
                     self.breaker.failed()
-                    error = RemoteError(
-                        f"peer {self.peer} model {self.model!r} unreachable after {attempt} attempt(s): {exc}",
-                        node=self.options.node,
-                        peer=self.peer,
-                    )
-                    # Every item failed for the same reason: no item-by-item re-run against a peer that is down.
-                    raise PartialFailure(dict.fromkeys(range(count), error)) from None
+                    raise fail_all(self._error(f"unreachable after {attempt} attempt(s): {exc}")) from None
                 time.sleep(delay)
                 delay = min(2 * delay, MAX_BACKOFF)
                 continue
@@ -427,11 +474,11 @@ class Remote(Backend):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _by_name(outputs: Sequence[oip.Tensor], specs: Sequence[TensorSpec], peer: str) -> list[oip.Tensor]:
+def _by_name(outputs: Sequence[oip.Tensor], specs: Sequence[TensorSpec]) -> list[oip.Tensor]:
     found = {tensor.name: tensor for tensor in outputs}
     missing = [spec.name for spec in specs if spec.name not in found]
     if missing:
-        raise RemoteError(f"peer {peer} answered without output(s) {missing}", peer=peer)
+        raise ValueError(f"no output(s) {missing}")
     return [found[spec.name] for spec in specs]
 
 
