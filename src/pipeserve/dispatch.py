@@ -179,6 +179,7 @@ class Dispatcher:
         batch, instance.batch = instance.batch, None
         instance.state = State.RUNNING
         instance.started = now
+        instance.returned = False
         instance.batches += 1
         instance.items += len(batch)  # type: ignore[arg-type]
         return batch

@@ -31,6 +31,7 @@ class State(enum.Enum):
     ASSIGNED = "assigned"  # a batch waits for its worker
     RUNNING = "running"  # its worker runs a batch
     BORROWED = "borrowed"  # a caller runs a batch on it inline
+    ABANDONED = "abandoned"  # its batch ran past compute_timeout; its thread is left to finish
     CLOSED = "closed"
 
 
@@ -67,6 +68,7 @@ class Instance:
         self.sent_span: tuple[Task, int] | None = None  # a traceparent handed out for this batch
         self.reason = ""  # why its current batch was released (NOTE [batch release])
         self.started = 0.0
+        self.returned = False  # its current batch is out of ``forward`` (NOTE [hung backends])
         self.batches = 0
         self.items = 0
 

@@ -104,6 +104,8 @@ class Node:
         self._dispatch.order_groups()
         if any(getattr(i.backend, "thread_affine", False) for i in self._workers.instances):
             self._dispatch.inline = False  # see NOTE [inline execution]
+        if self._workers.watched:
+            self._dispatch.inline = False  # a hung backend must not hang its caller (NOTE [hung backends])
 
     # ----------------------------------------------------------------- feeding
     @property
@@ -214,6 +216,11 @@ class Node:
         with self._lock:
             instances = tuple(InstanceStatistics.of(i) for i in self._workers.instances)
             return self.stats_data.snapshot(self.name, queued=self._dispatch.queue.size, instances=instances)
+
+    @property
+    def abandoned(self) -> int:
+        """Thread instances abandoned with a hung batch (NOTE [hung backends])."""
+        return len(self._workers.abandoned)
 
     def health(self, stuck_after: float) -> tuple[InstanceHealth, ...]:
         """Each instance's health (see :class:`~pipeserve.statistics.InstanceHealth`)."""

@@ -528,7 +528,7 @@ class Pipe:
         """The pipe's state and each instance's health: alive, broken (its worker ended while
         the pipe is open) or stuck (running one batch for more than ``stuck_after`` seconds).
         ``health().ok`` is what a readiness probe wants."""
-        nodes = {name: NodeHealth(name, node.health(stuck_after)) for name, node in self._nodes.items()}
+        nodes = {name: NodeHealth(name, node.health(stuck_after), node.abandoned) for name, node in self._nodes.items()}
         return Health(self._state.value, MappingProxyType(nodes))
 
     # ----------------------------------------------------------------- lifecycle

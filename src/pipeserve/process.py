@@ -285,6 +285,13 @@ class ProcessBackend(Backend):
         if failures:
             raise PartialFailure(failures)
 
+    def kill(self) -> None:
+        """Kill the worker process now (a batch that hangs, NOTE [hung backends] in
+        :mod:`pipeserve.workers`): the batch it runs fails, the next batch starts a new one."""
+        process = self.process
+        if process is not None and process.is_alive():
+            process.kill()
+
     def close(self) -> None:
         if self.process is None:
             return

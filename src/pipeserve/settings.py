@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .batching import Bucketing
-from .config import NodeConfig, get_bool, get_int, get_list, get_str
+from .config import NodeConfig, get_bool, get_float, get_int, get_list, get_str
 from .errors import ConfigError
 
 __all__ = ["NodeSettings"]
@@ -28,6 +28,8 @@ class NodeSettings:
         block: wait for room when the queue is full, rather than fail with Overloaded.
         bucketing: which bucket an item belongs to.
         imports: modules to import before the backends are built (they register backends).
+        compute_timeout: seconds after which a running batch is given up (0: never; NOTE [hung
+            backends] in :mod:`pipeserve.workers`).
     """
 
     isolate: bool
@@ -37,6 +39,7 @@ class NodeSettings:
     block: bool
     bucketing: Bucketing
     imports: tuple[str, ...]
+    compute_timeout: float = 0.0
 
     @classmethod
     def from_config(cls, config: NodeConfig) -> NodeSettings:
@@ -60,4 +63,5 @@ class NodeSettings:
             block=overload == "block",
             bucketing=Bucketing.from_params(params, node),
             imports=tuple(get_list(params, "imports", node=node)),
+            compute_timeout=get_float(params, "compute_timeout", 0.0, node=node, minimum=0.0) / 1e3,
         )

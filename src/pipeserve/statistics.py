@@ -38,6 +38,8 @@ class NodeStats:
     expired: int = 0
     dropped: int = 0
     rejected: int = 0
+    timed_out: int = 0
+    abandoned: int = 0
 
     def record_release(self, size: int, reason: str, waited: float, *, inline: bool = False) -> None:
         """Count one released batch of ``size`` items whose waits add up to ``waited`` seconds."""
@@ -72,6 +74,8 @@ class NodeStats:
             dropped=self.dropped,
             rejected=self.rejected,
             instances=instances,
+            timed_out=self.timed_out,
+            abandoned=self.abandoned,
         )
 
 
@@ -129,7 +133,9 @@ class NodeStatistics:
         expired: items dropped because their deadline passed while queued.
         dropped: items dropped because their request had finished or was cancelled.
         rejected: items refused because the queue was full.
-        instances: one entry per instance.
+        instances: one entry per instance (abandoned ones are not among them).
+        timed_out: batches given up after ``compute_timeout`` (NOTE [hung backends]).
+        abandoned: thread instances left running a hung batch, replaced by fresh ones.
     """
 
     node: str
@@ -148,6 +154,8 @@ class NodeStatistics:
     dropped: int
     rejected: int
     instances: tuple[InstanceStatistics, ...]
+    timed_out: int = 0
+    abandoned: int = 0
 
     @property
     def mean_batch_size(self) -> float:
@@ -184,6 +192,8 @@ class NodeStatistics:
             "expired": self.expired,
             "dropped": self.dropped,
             "rejected": self.rejected,
+            "timed_out": self.timed_out,
+            "abandoned": self.abandoned,
         }
 
 
@@ -223,15 +233,18 @@ class InstanceHealth:
 
 @dataclass(frozen=True)
 class NodeHealth:
-    """One node's instances' health; ``ok`` when none is broken or stuck."""
+    """One node's instances' health; ``ok`` when one at least is alive and none is broken or
+    stuck. ``abandoned``: thread instances left running a hung batch (NOTE [hung backends]),
+    each replaced by a fresh instance; reported, not counted against ``ok``."""
 
     node: str
     instances: tuple[InstanceHealth, ...]
+    abandoned: int = 0
 
     @property
     def ok(self) -> bool:
-        """No instance is broken or stuck."""
-        return not any(i.broken or i.stuck for i in self.instances)
+        """An instance is alive and none is broken or stuck."""
+        return any(i.alive for i in self.instances) and not any(i.broken or i.stuck for i in self.instances)
 
 
 @dataclass(frozen=True)

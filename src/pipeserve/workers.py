@@ -12,10 +12,25 @@ fails the batches of workers that did not return in time. Requests complete exac
 the interleaving, because their completion goes through one gate (NOTE [ownership]). Pipe-level
 draining (``Pipe.close(drain=True)``) comes before all this: see NOTE [drain] in
 :mod:`pipeserve.pipe`.
+
+NOTE [hung backends]
+A node with ``compute_timeout`` (milliseconds) has a watchdog thread that looks, a few times per
+timeout, for a batch that has been in ``forward`` for longer. It gives such a batch up: its
+requests fail with ComputeTimeout naming node and instance. A process instance's worker process
+is killed; the next batch starts a new one (as after any worker death). A thread cannot be
+killed: the instance is *abandoned* — out of rotation, its thread (a daemon) left to finish
+``forward`` on its own, after which it closes its backend and ends without delivering anything —
+and a fresh instance is built in its place on a new thread (if that build fails, the node runs
+with one instance fewer, and ``health()`` says so once none is left). Abandoned instances are
+counted in the statistics (``abandoned``) and reported by ``health()``, not counted as leaks.
+Whether a batch is still in ``forward`` is decided under the node's lock on both sides (the
+worker marks its return there), so a batch is given up or delivered, never both. A watched node
+never runs batches inline on a caller's thread: a hung backend must not hang its caller.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +40,7 @@ from .batching import Task
 from .config import NodeConfig
 from .delivery import deliver, deliver_batch, flush, run_batch, trace_batch
 from .dispatch import Dispatcher
-from .errors import ConfigError, PipeClosed, PipeServeError
+from .errors import ComputeTimeout, ConfigError, PipeClosed, PipeServeError
 from .instance import Instance, State
 from .registry import build
 from .settings import NodeSettings
@@ -34,6 +49,7 @@ from .tracing import TraceParent, new_span_id
 __all__ = ["Workers", "act"]
 
 Clock = Callable[[], float]
+log = logging.getLogger("pipeserve")
 
 
 def act(dispatcher: Dispatcher) -> None:
@@ -78,6 +94,10 @@ class Workers:
         self._clock = clock
         self._isolate = settings.isolate
         self.tracing = False  # set once a traced request may reach this node (NOTE [traces])
+        self.watched = settings.compute_timeout > 0  # NOTE [hung backends]
+        self.abandoned: list[Instance] = []
+        self._next_index = len(instances)
+        self._stopping = threading.Event()
 
     # ----------------------------------------------------------------- start
     def start(self) -> None:
@@ -100,6 +120,9 @@ class Workers:
         ready.wait()
         if errors:
             raise errors[0]
+        if self.watched:
+            name = f"pipeserve-{self.config.name}-watchdog"
+            threading.Thread(target=self._watch, name=name, daemon=True).start()
 
     def _build(self, instance: Instance) -> None:
         options = Options(
@@ -163,13 +186,20 @@ class Workers:
         if dispatcher.dead:
             self.flush_dead()
         if batch:
-            self.run(instance, batch, on_worker=True, by_worker=True)
+            return self.run(instance, batch, on_worker=True, by_worker=True)
         return True
 
-    def run(self, instance: Instance, batch: list[Task], *, on_worker: bool, by_worker: bool) -> None:
+    def run(self, instance: Instance, batch: list[Task], *, on_worker: bool, by_worker: bool) -> bool:
         """Run ``batch`` on ``instance`` (its worker's, or borrowed by the calling thread),
-        deliver its outcomes, free the instance, then hand the items on (NOTE [hand-off])."""
+        deliver its outcomes, free the instance, then hand the items on (NOTE [hand-off]).
+        False when the batch was given up meanwhile and the instance abandoned (NOTE [hung
+        backends]): nothing is delivered, and its worker is to end."""
         failures = run_batch(instance, batch, self._isolate)
+        if self.watched:
+            with self._lock:
+                if instance.state is State.ABANDONED:
+                    return False
+                instance.returned = True  # from now on the watchdog leaves this batch alone
         if self.tracing:
             trace_batch(instance, batch, failures, self._clock())
         if failures:
@@ -185,6 +215,105 @@ class Workers:
             self.flush_dead()
         if pending:
             flush(pending, on_worker=on_worker)
+        return True
+
+    # ----------------------------------------------------------------- hung batches
+    def _watch(self) -> None:
+        """The watchdog's loop (NOTE [hung backends])."""
+        limit = self.settings.compute_timeout
+        poll = max(0.005, min(limit / 4, 0.25))
+        while not self._stopping.wait(poll):
+            now = self._clock()
+            with self._lock:
+                if self._dispatch.closed:
+                    return
+                hung = [
+                    i
+                    for i in self.instances
+                    if i.state is State.RUNNING and i.current and not i.returned and now - i.started > limit
+                ]
+                given_up = [self._give_up(instance) for instance in hung]
+            for instance, batch, replacement in given_up:
+                self._fail_hung(instance, batch, replacement)
+
+    def _give_up(self, instance: Instance) -> tuple[Instance, list[Task], Instance | None]:
+        """Give up ``instance``'s batch (requires the lock): a process instance stays, its
+        worker to be killed; a thread instance is abandoned and a replacement planned."""
+        dispatcher = self._dispatch
+        dispatcher.stats.timed_out += 1
+        batch = list(instance.current or ())
+        instance.returned = True
+        if self.settings.process:
+            return instance, batch, None
+        instance.state = State.ABANDONED
+        dispatcher.stats.abandoned += 1
+        self.instances.remove(instance)
+        self.abandoned.append(instance)
+        replacement = Instance(self.config.name, self._next_index, instance.group, instance.tree)
+        self._next_index += 1
+        self.instances.append(replacement)
+        for group in dispatcher.groups:
+            if group.index == instance.group:
+                group.instances.remove(instance)
+                group.instances.append(replacement)
+        return instance, batch, replacement
+
+    def _fail_hung(self, instance: Instance, batch: list[Task], replacement: Instance | None) -> None:
+        """Fail the given-up batch's requests, then kill the worker process or start the
+        abandoned thread instance's replacement."""
+        limit_ms = round(self.settings.compute_timeout * 1e3, 3)
+        fate = (
+            "its worker process is killed and restarted"
+            if replacement is None
+            else f"the instance is abandoned and replaced by instance {replacement.index}"
+        )
+        error = ComputeTimeout(
+            f"node {self.config.name!r}, instance {instance.index}: a batch of {len(batch)} ran longer than "
+            f"compute_timeout ({limit_ms} ms); {fate}",
+            node=self.config.name,
+            backend=instance.label,
+            instance=instance.index,
+        )
+        for task in batch:
+            deliver(task, error)
+        if replacement is None:
+            kill = getattr(instance.backend, "kill", None)
+            if kill is not None:
+                kill()
+            return
+        if instance.thread is not None:
+            instance.thread.name += "-abandoned"
+        replacement.thread = threading.Thread(
+            target=self._serve_replacement,
+            args=(replacement,),
+            name=f"pipeserve-{self.config.name}-{replacement.index}",
+            daemon=True,
+        )
+        replacement.thread.start()
+
+    def _serve_replacement(self, instance: Instance) -> None:
+        """A replacement instance's worker: build, join the rotation, serve."""
+        try:
+            self._build(instance)
+        except BaseException:  # the node runs on with one instance fewer
+            with self._lock:
+                instance.state = State.CLOSED
+            name, index = self.config.name, instance.index
+            log.exception("node %r: instance %d could not be built to replace an abandoned one", name, index)
+            return
+        with self._lock:
+            self._dispatch.idle(instance)
+            self._dispatch.dispatch(self._clock(), instance)
+            act(self._dispatch)
+        try:
+            while self._step(instance):
+                pass
+        finally:
+            try:
+                if instance.backend is not None:
+                    instance.backend.close()
+            except Exception:  # noqa: BLE001 - a failing close must not stop the others
+                pass
 
     def flush_dead(self) -> None:
         """Deliver the errors of the tasks the dispatcher dropped."""
@@ -210,7 +339,8 @@ class Workers:
     # ----------------------------------------------------------------- close
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds in all for the workers to return, then fail the batches
-        of those still running one (NOTE [shutdown])."""
+        of those still running one (NOTE [shutdown]). Abandoned instances are not waited for."""
+        self._stopping.set()
         end = self._clock() + timeout
         for instance in self.instances:
             if instance.thread is not None and instance.thread is not threading.current_thread():

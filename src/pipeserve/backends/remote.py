@@ -36,9 +36,10 @@ replaced at once, not counted). No answer in time (504, DEADLINE_EXCEEDED, a rea
 fails the batch without counting: the peer is up, only slow. After ``breaker_failures`` failures
 in a row the breaker opens: for ``breaker_cooldown`` ms every batch for that peer fails at once,
 without a request, rather than queueing work that cannot succeed; then one batch is let through
-(the probe) and its outcome closes or reopens the breaker (recovery needs no restart). An error the peer *answers* with (a bad input, its model failing) is not the peer being
-down: the batch fails, and the node runs its items again one by one (NOTE [error isolation]), so
-that only the items the peer refuses fail.
+(the probe) and its outcome closes or reopens the breaker (recovery needs no restart). An error
+the peer *answers* with (a bad input, its model failing) is not the peer being down: the batch
+fails, and the node runs its items again one by one (NOTE [error isolation]), so that only the
+items the peer refuses fail.
 """
 
 from __future__ import annotations
@@ -183,14 +184,14 @@ class _Http:
     def _request(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[int, dict[str, str], bytes]:
-        reused = self.connection is not None
-        try:
-            return self._exchange(method, path, body, headers, timeout)
-        except _Stale:
-            if not reused:
-                raise _Transient("the connection closed before an answer") from None
-            # The peer closed the idle keep-alive connection: a new one, at once, not a retry.
-            return self._exchange(method, path, body, headers, timeout)
+        for fresh in (self.connection is None, True):
+            try:
+                return self._exchange(method, path, body, headers, timeout)
+            except _Stale:
+                if fresh:
+                    raise _Transient("the connection closed before an answer") from None
+                # The peer closed the idle keep-alive connection: a new one, at once, not a retry.
+        raise AssertionError("unreachable")
 
     def _exchange(
         self, method: str, path: str, body: bytes, headers: dict[str, str], timeout: float

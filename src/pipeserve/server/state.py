@@ -55,10 +55,12 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        """Ready to serve: started, not draining, no model loading, and at least one model."""
-        return (
-            self.started and not self.draining and not self.repository.loading and bool(self.repository.ready_models())
-        )
+        """Ready to serve: started, not draining, no model loading, at least one model, and every
+        model's pipe healthy (an instance alive in every node, none broken or stuck)."""
+        if not self.started or self.draining or self.repository.loading:
+            return False
+        models = self.repository.ready_models()
+        return bool(models) and all(model.pipe.health().ok for model in models)
 
     def submit(
         self,
