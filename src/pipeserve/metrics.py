@@ -368,6 +368,12 @@ class PipeCollector:
         cancelled = CounterMetricFamily(
             "pipeserve_node_cancelled", "Items dropped: their request was cancelled or had finished", labels=node_labels
         )
+        timed_out = CounterMetricFamily(
+            "pipeserve_node_timed_out", "Batches given up after compute_timeout", labels=node_labels
+        )
+        abandoned = GaugeMetricFamily(
+            "pipeserve_node_abandoned_instances", "Thread instances abandoned with a hung batch", labels=node_labels
+        )
         instances = GaugeMetricFamily("pipeserve_node_instances", "Instances by state", labels=[*node_labels, "state"])
         # Not ``instance``: Prometheus gives every scraped series that label (the target).
         instance_labels = [*node_labels, "instance_index"]
@@ -419,6 +425,8 @@ class PipeCollector:
                 expired.add_metric(at, node.expired)
                 rejected.add_metric(at, node.rejected)
                 cancelled.add_metric(at, node.dropped)
+                timed_out.add_metric(at, node.timed_out)
+                abandoned.add_metric(at, node.abandoned)
                 states: dict[str, int] = {}
                 for instance in node.instances:
                     states[instance.state] = states.get(instance.state, 0) + 1
@@ -428,7 +436,7 @@ class PipeCollector:
                     instances.add_metric([*at, state], number)
         yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, latency, errors)
         yield from (arrived, items, batches, sizes, releases, inline, depth, running, queue_s, compute_s)
-        yield from (failed, expired, rejected, cancelled, instances, busy, instance_batches)
+        yield from (failed, expired, rejected, cancelled, timed_out, abandoned, instances, busy, instance_batches)
 
 
 def _bound(value: float) -> str:
