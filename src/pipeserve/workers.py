@@ -163,6 +163,10 @@ class Workers:
         with self._lock:
             self._dispatch.idle(instance)
         ready.wait()
+        self._serve(instance)
+
+    def _serve(self, instance: Instance) -> None:
+        """Serve batches until retired (or abandoned), then close the instance's backend."""
         try:
             while self._step(instance):
                 pass
@@ -305,15 +309,7 @@ class Workers:
             self._dispatch.idle(instance)
             self._dispatch.dispatch(self._clock(), instance)
             act(self._dispatch)
-        try:
-            while self._step(instance):
-                pass
-        finally:
-            try:
-                if instance.backend is not None:
-                    instance.backend.close()
-            except Exception:  # noqa: BLE001 - a failing close must not stop the others
-                pass
+        self._serve(instance)
 
     def flush_dead(self) -> None:
         """Deliver the errors of the tasks the dispatcher dropped."""
