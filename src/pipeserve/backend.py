@@ -134,7 +134,14 @@ class Backend:
         return get_int(getattr(self, "params", {}), "max", 1, node=self._node(), minimum=1)
 
     def close(self) -> None:
-        """Release resources. The default does nothing."""
+        """Release resources. The default closes the child stages a composite was given (in
+        reverse order); a backend that overrides it and has children closes them itself."""
+        options = getattr(self, "options", None)
+        for child in reversed(tuple(options.children if options is not None else ())):
+            try:
+                child.backend.close()
+            except Exception:  # noqa: BLE001 - a failing close must not stop the others
+                pass
 
     def _node(self) -> str | None:
         options = getattr(self, "options", None)

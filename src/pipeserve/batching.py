@@ -167,10 +167,17 @@ def decide(
     head = queue.head_bucket()
     head_size = queue.bucket_size(head)
     if head_size < min_batch:
-        # This instance cannot take so few; another (smaller) group or more items must come.
-        if size >= min_batch and upstream <= 0:
+        # This instance cannot take the head's few; the largest bucket goes instead once nothing
+        # can come or the window (from the oldest item) has closed. Otherwise another (smaller)
+        # group, or more items, must come.
+        if size < min_batch:
+            return WAIT_FOR_CHANGE
+        if upstream <= 0:
             return Decision(min(size, max_batch), bucket, "nothing_coming")
-        return WAIT_FOR_CHANGE
+        waited = now - queue.oldest_enqueued()
+        if waited >= timeout:
+            return Decision(min(size, max_batch), bucket, "timeout")
+        return Decision(wait=timeout - waited)
     if upstream <= 0:
         return Decision(min(head_size, max_batch), head, "nothing_coming")
     waited = now - queue.oldest_enqueued()
@@ -319,7 +326,10 @@ class Bucketing:
     @classmethod
     def from_params(cls, params: Mapping[str, Any], node: str) -> Bucketing:
         key = params.get("bucket_key")
-        edges = [get_float({"e": e}, "e", node=node) for e in get_list(params, "bucket_edges", node=node)]
+        edges = [
+            get_float({"bucket_edges": edge}, "bucket_edges", node=node)
+            for edge in get_list(params, "bucket_edges", node=node)
+        ]
         return cls(None if key is None else str(key), edges)
 
     def __call__(self, item: Item) -> Hashable:

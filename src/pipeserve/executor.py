@@ -288,6 +288,9 @@ class Walk:
 
     def _ready(self, name: str) -> None:
         """All predecessors of ``name`` are done: build its input, filter, act (NOTE [walk])."""
+        if self.error is not None or self.done:  # the first error stops new nodes, siblings too
+            self._forget((name,))
+            return
         if name in self.folded:
             self._forget((name,))
             self._completed(name, self.folded[name])

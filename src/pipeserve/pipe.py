@@ -147,7 +147,13 @@ class Pipe:
         targets = {node.jump for node in self.graph.nodes.values()}
         self._entries = tuple(r for r in self.graph.roots if r not in targets) or self.graph.roots
         self._signatures = {entry: parse_signature(self.config.nodes[entry].params, entry) for entry in self._entries}
-        self._nodes: dict[str, Node] = {}
+        # Pipe-wide keys: top-level ones reach every node, the entry's included.
+        pipe_keys = self.config.nodes[self._entries[0]].params
+        self._trace_rate = get_float(pipe_keys, "trace_rate", 0.0, node=self._entries[0], minimum=0.0)
+        if self._trace_rate > 1.0:
+            raise ConfigError(f"trace_rate must be within 0..1, got {self._trace_rate}", key="trace_rate")
+        trace_file = pipe_keys.get("trace_file")
+        self._nodes: dict[str, Node] = {}  # every check that can fail without building is above
         try:
             for name, node in self.graph.nodes.items():
                 if node.kind == COMPUTE and node.physical == name:
@@ -172,12 +178,6 @@ class Pipe:
         self._observers_lock = threading.Lock()
         self._watching = False  # observers, or a trace rate: admission looks further
         self._observer_failed = False
-        # Pipe-wide keys: top-level ones reach every node, the entry's included.
-        pipe_keys = self.config.nodes[self._entries[0]].params
-        self._trace_rate = get_float(pipe_keys, "trace_rate", 0.0, node=self._entries[0], minimum=0.0)
-        if self._trace_rate > 1.0:
-            raise ConfigError(f"trace_rate must be within 0..1, got {self._trace_rate}", key="trace_rate")
-        trace_file = pipe_keys.get("trace_file")
         self._exporter = TraceExporter(str(trace_file or DEFAULT_TRACE_FILE))
         self._watching = self._trace_rate > 0
         self._tracing = False

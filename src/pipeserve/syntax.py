@@ -89,9 +89,14 @@ class _Parser:
         self.key = key
 
     def fail(self, message: str) -> None:
-        caret = " " * self.pos + "^"
+        # The line holding the character, with the caret under it (a TOML multi-line string
+        # spans several).
+        start = self.source.rfind("\n", 0, self.pos) + 1
+        end = self.source.find("\n", self.pos)
+        line = self.source[start : None if end < 0 else end]
+        caret = " " * (self.pos - start) + "^"
         raise ConfigError(
-            f"{message} at character {self.pos}:\n    {self.source}\n    {caret}",
+            f"{message} at character {self.pos}:\n    {line}\n    {caret}",
             node=self.node,
             key=self.key,
         )
