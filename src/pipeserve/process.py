@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import pickle
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from .backend import Backend, Options, PartialFailure, no_deadline, no_trace
@@ -99,7 +101,7 @@ def _picklable(exc: BaseException) -> BaseException:
     import pickle
 
     try:
-        pickle.dumps(exc)
+        pickle.loads(pickle.dumps(exc))  # it must come back as itself on the other side
         return exc
     except Exception:  # noqa: BLE001 - fall back to a description
         return RuntimeError(f"{type(exc).__name__}: {exc}")
@@ -121,7 +123,14 @@ def _serve(connection: Connection, expression: str, params: dict[str, Any], opti
         connection.send(("failed", _picklable(exc), traceback.format_exc()))
         return
     while True:
-        message = connection.recv()
+        try:
+            message = connection.recv()
+        except EOFError:  # the parent went away
+            backend.close()
+            return
+        except Exception as exc:  # noqa: BLE001 - a batch this process cannot unpickle fails alone
+            connection.send(("error", _picklable(exc)))
+            continue
         if message[0] == "close":
             backend.close()
             return
@@ -203,6 +212,8 @@ class ProcessBackend(Backend):
         self.connection: Connection | None = None
         self.range = (1, 1)
         self.restarts = 0
+        self.starting = False  # a worker is being started within a batch
+        self.on_ready: Callable[[], None] | None = None  # told when such a start ends
 
     def _portable_options(self) -> Options:
         """The options without the readers of this process's batches (they cannot travel)."""
@@ -254,23 +265,36 @@ class ProcessBackend(Backend):
         return self.range[1]
 
     def forward(self, items: list[Item]) -> None:
-        if self.process is None or not self.process.is_alive():
-            self.restarts += 1
-            self._start()
+        if self._dead():
+            self._restart()
         assert self.connection is not None
         outbound: list[Any] = []
         inbound: list[Any] = []
         try:
-            self.connection.send(("forward", _pack(items, outbound)))
-            reply = self.connection.recv()
+            # Pickled here first: an item that cannot be pickled fails as itself, not as a dead worker.
+            payload = ForkingPickler.dumps(("forward", _pack(items, outbound)))
+            try:
+                self.connection.send_bytes(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self._restart()  # it died between batches, unseen: once more on a new worker
+                self.connection.send_bytes(payload)
+            raw = self.connection.recv_bytes()
+            try:
+                reply = pickle.loads(raw)
+            except Exception as exc:
+                # The worker waits for "released" whatever this side makes of its answer.
+                self.connection.send(("released",))
+                raise RuntimeError(f"the worker's answer could not be unpickled here: {exc!r}") from exc
             if reply[0] == "error":
                 raise reply[1]
             _, packed, removed, failures = reply
-            changes = _unpack(packed, inbound, copy=True)
-            self.connection.send(("released",))
-        except (EOFError, OSError, BrokenPipeError):
+            try:
+                changes = _unpack(packed, inbound, copy=True)
+            finally:
+                self.connection.send(("released",))
+        except (EOFError, BrokenPipeError, ConnectionResetError):
             code = self._exit_code()
-            self.process = None
+            self._discard()
             raise WorkerDied(
                 f"the worker process of instance {self.options.instance} died (exit code {code}); "
                 "a new one is started for the next batch"
@@ -284,6 +308,35 @@ class ProcessBackend(Backend):
                 item.pop(key, None)
         if failures:
             raise PartialFailure(failures)
+
+    def _dead(self) -> bool:
+        """No worker, or one that has exited (its sentinel is ready even while ``is_alive``, which
+        waits on the process, still lags)."""
+        process = self.process
+        return process is None or not process.is_alive() or bool(wait([process.sentinel], 0))
+
+    def _restart(self) -> None:
+        """A new worker in place of a dead one; the watchdog leaves the batch alone meanwhile and
+        counts its time from when the worker is ready (NOTE [hung backends])."""
+        self._discard()
+        self.restarts += 1
+        self.starting = True
+        try:
+            self._start()
+        finally:
+            self.starting = False
+            if self.on_ready is not None:
+                self.on_ready()
+
+    def _discard(self) -> None:
+        """Forget the current worker, killing it if it somehow still runs."""
+        process, self.process = self.process, None
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(5)
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
     def kill(self) -> None:
         """Kill the worker process now (a batch that hangs, NOTE [hung backends] in

@@ -141,12 +141,14 @@ class Workers:
 
                 proxy = ProcessBackend(instance.label)
                 proxy.init(params, options)
+                # A worker restarted within a batch: the batch's time counts from when it is ready.
+                proxy.on_ready = partial(_restarted, instance, self._clock)
                 instance.backend = proxy
             else:
                 instance.backend = build(instance.tree, params, options)
         except PipeServeError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit too: a backend's init must not end the process
             raise ConfigError(
                 f"instance {instance.index} of {instance.label!r} failed to initialise: {exc!r}", node=self.config.name
             ) from exc
@@ -234,7 +236,11 @@ class Workers:
                 hung = [
                     i
                     for i in self.instances
-                    if i.state is State.RUNNING and i.current and not i.returned and now - i.started > limit
+                    if i.state is State.RUNNING
+                    and i.current
+                    and not i.returned
+                    and now - i.started > limit
+                    and not getattr(i.backend, "starting", False)  # a worker process being started
                 ]
                 given_up = [self._give_up(instance) for instance in hung]
             for instance, batch, replacement in given_up:
@@ -368,3 +374,8 @@ def _traceparent(instance: Instance) -> str | None:
                 instance.sent_span = (task, new_span_id())
             return TraceParent(trace.trace_id, instance.sent_span[1], True).header()
     return None
+
+
+def _restarted(instance: Instance, clock: Clock) -> None:
+    """A process instance's worker was restarted within its batch (NOTE [hung backends])."""
+    instance.started = clock()
