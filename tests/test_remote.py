@@ -165,19 +165,21 @@ def test_the_nodes_max_caps_the_peers(peer: Server) -> None:
         assert pipe.max() == 4
 
 
-def test_a_probe_that_fails_before_its_request_leaves_the_breaker_ready() -> None:
-    port = _free_port()
-    config = {
+def declared_without_peer(model: str, **keys: Any) -> dict[str, Any]:
+    """A Remote node on a port nobody listens on, its signature declared so that it starts."""
+    return {
         "backend": "Remote",
-        "url": f"http://127.0.0.1:{port}",
-        "model": "probe",
+        "url": f"http://127.0.0.1:{_free_port()}",
+        "model": model,
         "max_batch_size": 8,
         "remote_inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "key": "data"}],
         "remote_outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [1], "key": "result"}],
-        "retries": 1,
-        "breaker_failures": 1,
-        "breaker_cooldown": 50,
+        **keys,
     }
+
+
+def test_a_probe_that_fails_before_its_request_leaves_the_breaker_ready() -> None:
+    config = declared_without_peer("probe", retries=1, breaker_failures=1, breaker_cooldown=50)
     with ps.pipe(config) as pipe:
         with pytest.raises(ps.RemoteError, match="unreachable"):
             pipe({"data": np.array([1.0], np.float32)})  # opens the breaker
@@ -196,18 +198,7 @@ def test_a_missing_peer_is_a_config_error_naming_it() -> None:
 
 
 def test_a_declared_signature_needs_no_peer_at_start() -> None:
-    port = _free_port()
-    config = {
-        "backend": "Remote",
-        "url": f"http://127.0.0.1:{port}",
-        "model": "m",
-        "max_batch_size": 8,
-        "remote_inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1], "key": "data"}],
-        "remote_outputs": [{"name": "OUTPUT0", "datatype": "FP32", "shape": [1], "key": "result"}],
-        "retries": 2,
-        "breaker_failures": 2,
-        "breaker_cooldown": 60000,
-    }
+    config = declared_without_peer("m", retries=2, breaker_failures=2, breaker_cooldown=60000)
     with ps.pipe(config) as pipe:
         assert pipe.max() == 8
         for _ in range(2):  # two failed batches open the breaker...
