@@ -31,7 +31,8 @@ error, or an injected one for the wrong ``n``) and ``hung``; ``lost`` is what no
 
 Measured: resident memory (RSS) before the pipe, at the start of the load, half-way, and after
 close; and after close, the pipeserve threads, extra threads, open file descriptors, child
-processes and shared-memory blocks (``/dev/shm``) left compared with before the pipe.
+processes and shared-memory blocks (``/dev/shm``, only those the pipe used: :class:`ShmLedger`)
+left compared with before the pipe.
 
 Targets (the exit code is 1 if any is missed): nothing lost, 0 hangs, no wrong result or
 unexpected error, every admitted request finished (``pipe.pending == 0``), close within its

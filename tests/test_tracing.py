@@ -222,6 +222,25 @@ def test_observers_see_every_outcome_once_before_the_caller(make_pipe: Any, reco
     assert all(entry == pipe.entries[0] and seconds >= 0 for entry, seconds, _ in seen)
 
 
+def test_a_cancel_racing_the_outcome_is_told_to_observers_as_the_caller_sees_it(make_pipe: Any) -> None:
+    entered, go = threading.Event(), threading.Event()
+    seen: list[BaseException | None] = []
+
+    def observer(entry: str, seconds: float, error: BaseException | None) -> None:
+        seen.append(error)
+        entered.set()
+        assert go.wait(5)
+
+    pipe = make_pipe({"backend": INC})
+    pipe.add_observer(observer)
+    future = pipe.submit({"data": 1})
+    assert entered.wait(5)
+    cancelled = future.cancel()  # while the observer is being told the outcome
+    go.set()
+    assert not cancelled  # the Future was claimed before the observer was told: too late to cancel
+    assert future.result(5)["result"] == 2 and seen == [None]
+
+
 def test_a_raising_observer_costs_no_request_its_outcome(make_pipe: Any, caplog: Any) -> None:
     pipe = make_pipe({"backend": INC})
 

@@ -178,6 +178,11 @@ class Request:
         # after a call returns includes it.
         try:
             if self.watch is not None:
+                # The Future is claimed first (a later cancel() fails), so that what the watchers
+                # are told is what the caller gets: a cancellation that came first is reported
+                # as one (``cancelled`` is then true).
+                if self.future is not None:
+                    self.future.set_running_or_notify_cancel()
                 self.watch(self, error)
         finally:
             self._done.release()  # whatever a watcher does, the caller learns the outcome
