@@ -212,7 +212,7 @@ class RequestTally:
                 total=sum(counts),
                 total_seconds=self._success_seconds + self._failed_seconds,
                 pending=_peek(self._entered) - _peek(self._left),
-                last_ms=int(1000 * (self._epoch + self._last)) if self._last else 0,
+                last_ms=self._last_ms(),
             )
         cumulative, running = [], 0
         for count in counts[:-1]:
@@ -220,12 +220,17 @@ class RequestTally:
             cumulative.append(running)
         return replace(snapshot, buckets=tuple(cumulative))
 
+    def _last_ms(self) -> int:
+        """When the last success was, in milliseconds since the epoch (0: none yet)."""
+        last = self._last
+        return int(1000 * (self._epoch + last)) if last else 0
+
     def recent_percentiles(self, quantiles: Iterable[float] = (0.5, 0.9, 0.99)) -> dict[str, Any]:
         """Latency percentiles (milliseconds) of the last :data:`RECENT` requests with an
         outcome, how many there were, and when the last success was (``last_ms``)."""
         with self._lock:
             kept = sorted(self._recent)
-        found: dict[str, Any] = {"count": len(kept), "last_ms": self.snapshot().last_ms}
+        found: dict[str, Any] = {"count": len(kept), "last_ms": self._last_ms()}
         for q in quantiles:
             key = f"p{round(q * 100, 1):g}"
             found[key] = 1e3 * kept[min(len(kept) - 1, int(q * len(kept)))] if kept else None
@@ -256,11 +261,18 @@ def charge(statistics: Mapping[str, NodeStatistics], entry: str) -> tuple[float,
     return queue_s, compute_s
 
 
-def model_counters(name: str, pipe: Pipe, snapshot: TallySnapshot, entry: str | None = None) -> oip.ModelCounters:
+def model_counters(
+    name: str,
+    pipe: Pipe,
+    snapshot: TallySnapshot,
+    entry: str | None = None,
+    statistics: Mapping[str, NodeStatistics] | None = None,
+) -> oip.ModelCounters:
     """Triton's statistics of a model served by ``pipe`` (its default entry unless ``entry``):
-    requests from the tally, queue and compute from the pipe's statistics (:func:`charge`)."""
+    requests from the tally, queue and compute from the pipe's statistics (:func:`charge`), or
+    from ``statistics`` when the caller has taken them already."""
     entry = entry or pipe.entries[0]
-    statistics = pipe.statistics()
+    statistics = pipe.statistics() if statistics is None else statistics
     queue_s, compute_s = charge(statistics, entry)
     node = statistics.get(entry)
     batches: dict[int, oip.Duration] = {}
@@ -386,7 +398,8 @@ class PipeCollector:
 
         for model in self._models():
             snap = model.tally.snapshot()
-            counters = model_counters(model.name, model.pipe, snap, model.entry)
+            statistics = model.pipe.statistics()  # one snapshot for Triton's figures and the nodes'
+            counters = model_counters(model.name, model.pipe, snap, model.entry, statistics)
             labels = {"model": model.name, "version": VERSION}
             success.add_sample("nv_inference_request_success", labels, snap.success)
             for reason in REASONS:
@@ -408,7 +421,7 @@ class PipeCollector:
             )
             for name, failed_count in sorted(snap.errors.items()):
                 errors.add_metric([model.name, name], failed_count)
-            for node_name, node in model.pipe.statistics().items():
+            for node_name, node in statistics.items():
                 at = [model.name, node_name]
                 arrived.add_metric(at, node.arrived)
                 items.add_metric(at, node.items)

@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from .. import __version__
-from ..metrics import WatchedModel, exposition, server_registry
+from ..metrics import WatchedModel, exposition, model_counters, server_registry
 from .model import ServedModel
 from .state import ServerState
 
@@ -107,10 +107,10 @@ def status_document(state: ServerState, started: float) -> dict[str, Any]:
 
 
 def _model_document(model: ServedModel) -> dict[str, Any]:
-    counters = model.counters()
     tally = model.tally.snapshot()
+    statistics = model.pipe.statistics()  # one snapshot for Triton's figures and the nodes'
+    counters = model_counters(model.name, model.pipe, tally, model.entry, statistics)
     description = model.pipe.describe()
-    statistics = model.pipe.statistics()
     health = model.pipe.health().nodes
     nodes = {}
     for name, node in statistics.items():
