@@ -176,10 +176,9 @@ class Pipe:
         self._inflight = InFlight()
         self._observers: list[Observer] = []  # replaced whole, never changed in place
         self._observers_lock = threading.Lock()
-        self._watching = False  # observers, or a trace rate: admission looks further
         self._observer_failed = False
         self._exporter = TraceExporter(str(trace_file or DEFAULT_TRACE_FILE))
-        self._watching = self._trace_rate > 0
+        self._watching = self._trace_rate > 0  # observers, or a trace rate: admission looks further
         self._tracing = False
         self._close_lock = threading.Lock()
         self._state = PipeState.READY
@@ -482,13 +481,13 @@ class Pipe:
         is not observed."""
         with self._observers_lock:
             self._observers = [*self._observers, observer]
-            self._watching = True
+            self._rewatch()
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop telling ``observer`` (requests already admitted still tell it)."""
         with self._observers_lock:
             self._observers = [o for o in self._observers if o != observer]  # bound methods: equal, not identical
-            self._watching = bool(self._observers) or self._trace_rate > 0
+            self._rewatch()
 
     @property
     def trace_rate(self) -> float:
@@ -500,6 +499,10 @@ class Pipe:
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"trace_rate must be within 0..1, got {rate}", key="trace_rate")
         self._trace_rate = float(rate)
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Whether admission must look at each request (observers, or a trace rate)."""
         self._watching = bool(self._observers) or self._trace_rate > 0
 
     def add_trace_sink(self, sink: TraceSink) -> None:
