@@ -23,7 +23,7 @@ EXPORTS = {
     "PipeState", "RegistryError", "RemoteError", "RequestError", "RequestTimeout", "Span", "Status", "TensorSpec",
     "TraceOption", "TraceParent", "TraceSink", "UnknownNameError", "WorkerDied", "__version__", "instance_count",
     "list_backends", "list_filters", "parse_traceparent", "pipe", "register_backend", "register_filter",
-    "register_lazy_backend",
+    "register_lazy_backend", "BudgetStatistics", "CpuBudget", "CpuSlot", "process_budget",
 }  # fmt: skip
 
 

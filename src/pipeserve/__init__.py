@@ -11,6 +11,7 @@ Importing this package does no I/O, starts no thread and imports no optional dep
 """
 
 from .backend import Backend, Options, PartialFailure
+from .budget import BudgetStatistics, CpuBudget, CpuSlot, process_budget
 from .description import EntryDescription, GraphNodeDescription, NodeDescription, PipeDescription
 from .errors import (
     BackendError,
@@ -84,6 +85,10 @@ __all__ = [
     "WorkerDied",
     "__version__",
     "instance_count",
+    "process_budget",
+    "BudgetStatistics",
+    "CpuBudget",
+    "CpuSlot",
     "list_backends",
     "list_filters",
     "parse_traceparent",

@@ -16,6 +16,9 @@ A backend processes a batch of items (dicts) in place::
 * ``min()``/``max()`` give the batch sizes accepted; by default the node's ``min``/``max`` keys
   (both 1 when absent).
 * ``close()`` releases resources; called once, on the owning thread.
+* The CPU budget (NOTE [elastic budget] in :mod:`pipeserve.budget`): ``cpu_weight`` (class
+  attribute; 0 for a backend that waits on I/O), ``max_threads()`` and ``use_threads(granted)``
+  let a backend that can use several threads take the cores others leave idle.
 
 A backend that can tell which items of a batch failed raises :class:`PartialFailure`; any other
 exception fails the batch, which the node then re-runs item by item to isolate the culprits.
@@ -28,7 +31,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from .config import get_int
 from .errors import ContractError, MissingDependencyError
@@ -75,8 +78,11 @@ class Options:
         instance: the instance's index within the node (0-based, across all groups).
         group: the bucket group's index (0 without ``&``).
         instance_num: how many instances the node has in all.
-        cpu_threads: the CPU threads this instance may use without oversubscribing the
-            machine (the cores divided among all instances of the pipe, at least 1).
+        cpu_threads: the CPU threads this instance may count on when every instance is busy
+            (its fair share of the CPU budget: the cores divided among all computing instances,
+            at least 1; NOTE [elastic budget] in :mod:`pipeserve.budget`).
+        cpu_cores: the cores of the CPU budget: the most threads an elastic backend's call may
+            be granted (see :meth:`Backend.max_threads`).
         children: the child stages, for composite backends.
         remaining: during ``forward``, the seconds left before the earliest deadline among the
             batch's requests (negative once passed), or None when none has a deadline: what a
@@ -92,6 +98,7 @@ class Options:
     group: int = 0
     instance_num: int = 1
     cpu_threads: int = 1
+    cpu_cores: int = 1
     children: Sequence[Child] = field(default_factory=tuple)
     remaining: Callable[[], float | None] = field(default=no_deadline, compare=False, repr=False)
     traceparent: Callable[[], str | None] = field(default=no_trace, compare=False, repr=False)
@@ -114,6 +121,10 @@ class Backend:
 
     params: Mapping[str, Any]
     options: Options
+    #: The cores one batch keeps busy (NOTE [elastic budget] in :mod:`pipeserve.budget`): 1 for a
+    #: backend that computes, 0 for one that waits on I/O (a remote call), which then takes no
+    #: share of the CPU budget.
+    cpu_weight: ClassVar[int] = 1
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         """Keep ``params`` and ``options``; subclasses extend this and call ``super().init``."""
@@ -132,6 +143,18 @@ class Backend:
     def max(self) -> int:
         """The largest batch accepted: the ``max`` key, else 1."""
         return get_int(getattr(self, "params", {}), "max", 1, node=self._node(), minimum=1)
+
+    def max_threads(self) -> int:
+        """The most threads one ``forward`` call can use (NOTE [elastic budget]). Above 1 the
+        backend is *elastic*: before each batch it is granted a thread count by the CPU budget
+        and told through :meth:`use_threads`. The default, 1, suits Python code (the GIL)."""
+        return 1
+
+    def use_threads(self, granted: int) -> int:
+        """Make the next ``forward`` use at most ``granted`` threads (1 <= granted <=
+        :meth:`max_threads`); return how many it will use. Called on the instance's own thread,
+        only for elastic backends. The default does nothing and uses one."""
+        return 1
 
     def close(self) -> None:
         """Release resources. The default closes the child stages a composite was given (in

@@ -128,10 +128,24 @@ def _put(
 
 def run_batch(instance: Instance, batch: list[Task], isolate: bool) -> dict[int, RequestError]:
     """Run ``batch`` on ``instance`` (NOTE [error isolation]); returns the failures by index.
-    Adds the time spent to ``instance.busy_seconds``."""
+    Adds the time spent to ``instance.busy_seconds``; holds the instance's share of the CPU
+    budget meanwhile (NOTE [elastic budget] in :mod:`pipeserve.budget`)."""
     instance.current = batch
+    slot = instance.cpu
     start = time.perf_counter()
-    failures = instance.run(batch, isolate)
+    try:
+        if slot is not None:
+            if slot.most > 1:
+                assert instance.backend is not None
+                slot.busy = instance.backend.use_threads(slot.budget.grant(slot))
+            else:
+                slot.busy = slot.weight
+        failures = instance.run(batch, isolate)
+    except Exception as exc:  # noqa: BLE001 - use_threads failed: the batch's requests must learn it
+        failures = {index: instance.wrap(exc) for index in range(len(batch))}
+    finally:
+        if slot is not None:
+            slot.busy = 0
     instance.busy_seconds += time.perf_counter() - start
     return failures
 

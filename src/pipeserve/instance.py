@@ -13,6 +13,7 @@ from typing import Any
 
 from .backend import Backend, PartialFailure
 from .batching import Task
+from .budget import CpuSlot
 from .config import NodeConfig, get_float, get_int, get_str
 from .errors import ConfigError, RequestError, locate
 from .registry import check_names
@@ -45,6 +46,7 @@ class Instance:
         batch: the batch assigned to it (state ASSIGNED).
         current: the batch it is running, for close() to fail if it never returns.
         started: when its current batch started (clock reading), for health reports.
+        cpu: its slot in the CPU budget, when it computes (NOTE [elastic budget]).
         batches, items: how many batches and items it ran.
     """
 
@@ -62,6 +64,7 @@ class Instance:
         self.batch: list[Task] | None = None
         self.current: list[Task] | None = None
         self.backend: Backend | None = None
+        self.cpu: CpuSlot | None = None
         self.thread: threading.Thread | None = None
         self.busy_seconds = 0.0  # folded into the node's statistics under its lock
         self.compute_seconds = 0.0  # all its batches' time in ``forward``

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .batching import OnDone, RequestLike, Task
-from .budget import machine_cores, share
+from .budget import CpuBudget, machine_cores, share
 from .config import NodeConfig
 from .delivery import deliver
 from .dispatch import Dispatcher
 from .errors import PipeClosed, RequestTimeout
 from .instance import Instance, plan_groups, read_ranges
-from .registry import uses_cpu
+from .registry import cpu_weight
 from .settings import NodeSettings
 from .statistics import InstanceHealth, InstanceStatistics, NodeStatistics, NodeStats
 from .workers import Workers, act
@@ -76,7 +76,7 @@ class Node:
         """Its instances that compute on the CPU (not those of a backend that says it waits, such
         as ``Remote``; each bucket group has its own backend): only those share the pipe's cores."""
         groups = {instance.group: instance.tree for instance in self._workers.instances}
-        computing = {group for group, tree in groups.items() if uses_cpu(tree, self.name)}
+        computing = {group for group, tree in groups.items() if cpu_weight(tree, self.name) > 0}
         return sum(1 for instance in self._workers.instances if instance.group in computing)
 
     def enable_tracing(self) -> None:
@@ -84,9 +84,12 @@ class Node:
         does not look at its requests' traces."""
         self._workers.tracing = True
 
-    def share_cpu(self, threads: int) -> None:
-        """Set each instance's CPU budget (before :meth:`start`)."""
+    def share_cpu(self, threads: int, budget: CpuBudget | None = None) -> None:
+        """Set each instance's fair share of the cores and the CPU budget its instances join
+        (before :meth:`start`; NOTE [elastic budget] in :mod:`pipeserve.budget`)."""
         self._workers.cpu_threads = max(1, threads)
+        if budget is not None:
+            self._workers.budget = budget
 
     def start(self) -> None:
         """Start the workers and wait until every instance is initialised.

@@ -32,7 +32,7 @@ from concurrent.futures import CancelledError, Future
 from types import MappingProxyType
 from typing import Any
 
-from .budget import machine_cores, share
+from .budget import CpuBudget, process_budget, share
 from .config import get_float, get_int, load_config
 from .description import EntryDescription, GraphNodeDescription, NodeDescription, PipeDescription
 from .errors import ConfigError, InputError, MissingDependencyError, PipeClosed, UnknownNameError
@@ -40,7 +40,7 @@ from .events import Event
 from .executor import Executor
 from .graph import COMPUTE, Graph
 from .node import Node
-from .registry import import_modules, uses_cpu
+from .registry import cpu_weight, import_modules
 from .request import DeadlineWatch, InFlight, Request
 from .settings import NodeSettings
 from .signature import parse_signature
@@ -76,7 +76,12 @@ class PipeState(enum.Enum):
 
 
 def pipe(
-    config: Config, *, timeout: float | None = None, cpu_count: int | None = None, clock: Clock = time.monotonic
+    config: Config,
+    *,
+    timeout: float | None = None,
+    cpu_count: int | None = None,
+    budget: CpuBudget | None = None,
+    clock: Clock = time.monotonic,
 ) -> Pipe:
     """Build a :class:`Pipe` from a TOML path, a flat dict or a ``{node: {...}}`` dict.
 
@@ -84,7 +89,11 @@ def pipe(
         config: the configuration (SPEC 2).
         timeout: default request deadline in seconds (overrides the ``timeout`` key, which
             is in milliseconds like every duration in configurations).
-        cpu_count: cores to share among compute instances (default: the machine's).
+        cpu_count: cores this pipe's compute instances may count on (default: their fair share
+            of ``budget``); with no ``budget``, the pipe gets a budget of its own of this size.
+        budget: the CPU budget its instances share with every other pipe that uses it (NOTE
+            [elastic budget] in :mod:`pipeserve.budget`); default the process's
+            (:func:`~pipeserve.process_budget`), or a private one of ``cpu_count`` cores.
         clock: the monotonic clock that deadlines, waits and batching windows are read from
             (one for the whole pipe; tests may pass their own).
 
@@ -92,7 +101,7 @@ def pipe(
         ConfigError: the configuration is invalid; MissingDependencyError: a backend's
             optional package is absent.
     """
-    return Pipe(config, timeout=timeout, cpu_count=cpu_count, clock=clock)
+    return Pipe(config, timeout=timeout, cpu_count=cpu_count, budget=budget, clock=clock)
 
 
 def instance_count(config: Config) -> int:
@@ -112,7 +121,7 @@ def instance_count(config: Config) -> int:
             for group in loaded.nodes[name].groups:
                 tree = parse_backend(str(group.get("backend", "Identity")), node=name)
                 try:
-                    computing = uses_cpu(tree, name)
+                    computing = cpu_weight(tree, name) > 0
                 except (MissingDependencyError, UnknownNameError):
                     computing = True  # building it will say what is wrong
                 if computing:
@@ -129,6 +138,7 @@ class Pipe:
         *,
         timeout: float | None = None,
         cpu_count: int | None = None,
+        budget: CpuBudget | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         """See :func:`pipe`."""
@@ -160,12 +170,16 @@ class Pipe:
                     settings = NodeSettings.from_config(self.config.nodes[name])
                     import_modules(settings.imports, name)  # they register backends
                     self._nodes[name] = Node(self.config.nodes[name], settings=settings, clock=clock)
-            # The cores are one budget for the whole pipe: stages run at the same time. Instances
-            # that wait on the network (a Remote node's) take no share.
+            # The cores are one budget for the process: stages and pipes run at the same time
+            # (NOTE [elastic budget]). Instances that wait on the network (a Remote node's) take
+            # no share.
+            if budget is None:
+                budget = process_budget() if cpu_count is None else CpuBudget(cpu_count)
+            self.budget = budget
             computing = sum(node.computing_instances for node in self._nodes.values())
-            threads = share(cpu_count or machine_cores(), computing)
+            threads = share(cpu_count, computing) if cpu_count else budget.fair_share(computing)
             for scheduled in self._nodes.values():
-                scheduled.share_cpu(threads)
+                scheduled.share_cpu(threads, budget)
                 scheduled.start()
             self._executor = Executor(self.graph, self._nodes)
         except BaseException:

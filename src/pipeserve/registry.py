@@ -233,14 +233,15 @@ def _filter_names(tree: BackendTree) -> list[str]:
     return found
 
 
-def uses_cpu(tree: BackendTree, node: str | None = None) -> bool:
-    """Whether the backend of ``tree`` computes on the CPU (its class's ``uses_cpu``, True unless
-    it says otherwise: a backend that waits on the network takes no share of the cores).
+def cpu_weight(tree: BackendTree, node: str | None = None) -> int:
+    """The cores one batch of ``tree``'s backend keeps busy: its class's ``cpu_weight`` (1 unless
+    it says otherwise; 0 for a backend that waits on the network, which takes no share of the
+    cores; NOTE [elastic budget] in :mod:`pipeserve.budget`).
 
     Raises:
         UnknownNameError, MissingDependencyError: as when it is built.
     """
-    return bool(getattr(_resolve(_backends, "backend", tree.name, node), "uses_cpu", True))
+    return int(getattr(_resolve(_backends, "backend", tree.name, node), "cpu_weight", 1))
 
 
 def resolve_filter(name: str, node: str | None = None) -> Filter:

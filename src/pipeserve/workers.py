@@ -35,8 +35,9 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from .backend import Options
+from .backend import Backend, Options
 from .batching import Task
+from .budget import CpuBudget
 from .config import NodeConfig
 from .delivery import deliver, deliver_batch, flush, run_batch, trace_batch
 from .dispatch import Dispatcher
@@ -89,6 +90,7 @@ class Workers:
         self.settings = settings
         self.instances = instances
         self.cpu_threads = 1
+        self.budget: CpuBudget | None = None  # joined by each computing instance once built
         self._lock = lock
         self._dispatch = dispatcher
         self._clock = clock
@@ -131,6 +133,7 @@ class Workers:
             group=instance.group,
             instance_num=len(self.instances),
             cpu_threads=self.cpu_threads,
+            cpu_cores=self.budget.cores if self.budget is not None else self.cpu_threads,
             remaining=partial(_remaining, instance, self._clock),
             traceparent=partial(_traceparent, instance),
         )
@@ -146,12 +149,21 @@ class Workers:
                 instance.backend = proxy
             else:
                 instance.backend = build(instance.tree, params, options)
+            self._join_budget(instance, instance.backend)
         except PipeServeError:
             raise
         except (Exception, SystemExit) as exc:  # SystemExit too: a backend's init must not end the process
             raise ConfigError(
                 f"instance {instance.index} of {instance.label!r} failed to initialise: {exc!r}", node=self.config.name
             ) from exc
+
+    def _join_budget(self, instance: Instance, backend: Backend) -> None:
+        """Give a computing instance its slot in the CPU budget (NOTE [elastic budget])."""
+        weight = int(getattr(backend, "cpu_weight", 1))
+        if self.budget is None or weight <= 0:
+            return
+        most = max(1, min(int(backend.max_threads()), self.budget.cores))
+        instance.cpu = self.budget.join(weight, most)
 
     # ----------------------------------------------------------------- serving
     def _run(self, instance: Instance, ready: threading.Barrier, errors: list[BaseException]) -> None:
@@ -173,6 +185,8 @@ class Workers:
             while self._step(instance):
                 pass
         finally:
+            if instance.cpu is not None:
+                instance.cpu.leave()
             try:
                 if instance.backend is not None:
                     instance.backend.close()

@@ -7,9 +7,14 @@ Keys:
   ``B`` items (fewer are padded with copies of the last row, and the padding is dropped).
 * ``providers``: comma-separated execution providers; default TensorRT then CUDA when
   onnxruntime has them (each falls back to the next for what it cannot run), else CPU.
-* ``intra_op_threads``: default the instance's CPU budget (cores / all instances of the pipe), so that
-  ``instance_num`` sessions never oversubscribe the machine; ``spin`` (default false) allows
-  onnxruntime's busy-waiting threads, which help a lone session but hurt several.
+* ``intra_op_threads``: unset (the default), a CPU session is *elastic* (NOTE [elastic budget] in
+  :mod:`pipeserve.budget`): the instance holds one session with its fair share of the CPU budget
+  (the cores divided among all computing instances) and one with all the budget's cores, and
+  each batch runs on the widest the budget grants, so a lone request uses the cores the others
+  leave idle and nothing is oversubscribed under load (``elastic = false``: the fair share only;
+  each session holds its own copy of the weights). Set, that many threads, always.
+  ``spin`` (default false) allows onnxruntime's busy-waiting threads, which help a lone session
+  but hurt several.
 * ``mean``/``std``: per-channel normalisation of the first input before the model (axis 1 for
   4-D inputs, else the last axis).
 * ``pad_value``: used when items of one batch differ in shape (variable widths): each is padded at
@@ -55,16 +60,7 @@ class OnnxRuntime(Backend):
         ort: Any = require("onnxruntime", "onnx")
         self.np = np
         node = options.node
-        model = get_str(params, "model", node=node)
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = get_int(
-            params, "intra_op_threads", options.cpu_threads, node=node, minimum=1
-        )
-        session_options.inter_op_num_threads = 1
-        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        spin = "1" if get_bool(params, "spin", False, node=node) else "0"
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        self.model = get_str(params, "model", node=node)
         available = ort.get_available_providers()
         preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
         providers = get_list(params, "providers", node=node) or [p for p in preferred if p in available]
@@ -73,10 +69,22 @@ class OnnxRuntime(Backend):
             raise ConfigError(
                 f"providers {unknown} are not available; onnxruntime has {available}", node=node, key="providers"
             )
-        try:
-            self.session = ort.InferenceSession(model, session_options, providers=providers)
-        except Exception as exc:
-            raise ConfigError(f"cannot load ONNX model {model!r}: {exc}", node=node, key="model") from exc
+        self.providers = providers
+        self.spin = "1" if get_bool(params, "spin", False, node=node) else "0"
+        # NOTE [elastic budget]: without an explicit thread count, a CPU session is elastic: one
+        # session per thread count this instance is granted (its fair share, and all the cores
+        # when the others leave them idle), all built now but an unusual grant's.
+        fixed = "intra_op_threads" in params
+        threads = get_int(params, "intra_op_threads", options.cpu_threads, node=node, minimum=1)
+        self.elastic = (
+            not fixed and providers == ["CPUExecutionProvider"] and get_bool(params, "elastic", True, node=node)
+        )
+        self.sessions: dict[int, Any] = {threads: self._open(threads)}
+        self.most = threads
+        if self.elastic and options.cpu_cores > threads:
+            self.most = options.cpu_cores
+            self.sessions[self.most] = self._open(self.most)
+        self.session = self.sessions[threads]
         self.inputs = self.session.get_inputs()
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.dtypes = [np.dtype(_DTYPES.get(i.type, "float32")) for i in self.inputs]
@@ -87,6 +95,37 @@ class OnnxRuntime(Backend):
         self.std = self._channel_vector(params, "std")
         key = str(params.get("bucket_key", ""))
         self.bucket_dim = int(key[6:-1]) if key.startswith("shape[") and key.endswith("]") else None
+
+    def _open(self, threads: int) -> Any:
+        """An inference session with ``threads`` intra-op threads."""
+        ort = require("onnxruntime", "onnx")
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", self.spin)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", self.spin)
+        try:
+            return ort.InferenceSession(self.model, session_options, providers=self.providers)
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot load ONNX model {self.model!r}: {exc}", node=self.options.node, key="model"
+            ) from exc
+
+    def max_threads(self) -> int:
+        return self.most
+
+    def use_threads(self, granted: int) -> int:
+        """The session with the most threads within ``granted`` (one is opened for a grant below
+        every session's count: a later pipe lowered the fair share)."""
+        if not self.elastic:
+            return self.most
+        fitting = [threads for threads in self.sessions if threads <= granted]
+        threads = max(fitting) if fitting else granted
+        if threads not in self.sessions:
+            self.sessions[threads] = self._open(threads)
+        self.session = self.sessions[threads]
+        return threads
 
     def _channel_vector(self, params: Mapping[str, Any], key: str) -> Any:
         values = get_list(params, key, node=self.options.node)

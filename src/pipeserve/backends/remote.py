@@ -318,7 +318,7 @@ class Remote(Backend):
     ``breaker_cooldown`` (5000 ms), ``connect_timeout`` (10000 ms: for the metadata at start).
     """
 
-    uses_cpu = False  # its instances wait on the network: no share of the pipe's cores
+    cpu_weight = 0  # its instances wait on the network: no share of the CPU budget
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)

@@ -9,10 +9,14 @@
 * ``Torch[X]`` (alias ``SyncTensor[X]``): runs ``X`` on this instance's CUDA stream and
   synchronises before results are handed on; on CPU it passes through.
 
-Keys: ``device`` (``cpu`` by default, ``cuda:N``); ``torch_threads`` (default the instance's CPU
-budget; note that PyTorch's intra-op pool is process-wide). Each item's ``data`` is a tensor (or a
-numpy array) *with* a batch dimension, as TorchPipe expects (``Mat2Tensor`` with ``layout =
-"NCHW"`` gives one), or a list of them for a model with several inputs. The batch is
+Keys: ``device`` (``cpu`` by default, ``cuda:N``); ``torch_threads`` (unset, the default: on CPU
+the instance is *elastic* (NOTE [elastic budget] in :mod:`pipeserve.budget`): each batch sets
+PyTorch's threads to what the CPU budget grants, all the budget's cores when the other instances
+leave them idle, the instance's fair share under load; PyTorch's intra-op pool is process-wide, so
+the last grant applies to every PyTorch call from then on. Set, that many threads, always).
+Each item's ``data`` is a tensor (or a numpy array) *with* a batch dimension, as TorchPipe
+expects (``Mat2Tensor`` with ``layout = "NCHW"`` gives one), or a list of them for a model with
+several inputs. The batch is
 ``torch.cat`` along dimension 0, run under ``torch.inference_mode()`` on the instance's own CUDA
 stream when on a GPU, synchronised, and split back by each item's rows; several outputs give a
 list per item. Results stay on the model's device.
@@ -50,9 +54,20 @@ class _Placed(Backend):
         self.torch: Any = require("torch", "torch")
         self.device = _device(params, options, self.torch)
         threads = get_int(params, "torch_threads", options.cpu_threads, node=options.node, minimum=1)
+        self.elastic = "torch_threads" not in params and self.device.type == "cpu"
+        self.most = max(threads, options.cpu_cores) if self.elastic else threads
         if self.torch.get_num_threads() != threads:
             self.torch.set_num_threads(threads)
         self.stream = self.torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def max_threads(self) -> int:
+        return self.most if self.device.type == "cpu" else 1
+
+    def use_threads(self, granted: int) -> int:
+        threads = granted if self.elastic else self.most
+        if self.torch.get_num_threads() != threads:
+            self.torch.set_num_threads(threads)
+        return threads
 
     def on_stream(self) -> Any:
         """A context that runs on this instance's CUDA stream (a no-op on CPU)."""
