@@ -1,13 +1,19 @@
 """The batch policy and queue, driven with a fake clock (no threads)."""
 
+import itertools
 from typing import Any
 
 from pipeserve.batching import BatchQueue, Task, decide
+
+_BIRTHS = itertools.count()
 
 
 class _Req:
     finished = False
     deadline = None
+
+    def __init__(self) -> None:
+        self.birth = next(_BIRTHS)  # each task its own request, in the order made
 
 
 def _task(data: Any, *, priority: int = 0, bucket: Any = None, score: float | None = None) -> Task:
@@ -74,13 +80,38 @@ def test_fullest_bucket_wins_when_full() -> None:
     assert (decision.bucket, decision.take, decision.reason) == ("b", 4, "full")
 
 
-def test_sort_score_groups_the_head_with_its_nearest_neighbours() -> None:
-    scores = [50.0, 10.0, 52.0, 90.0, 48.0, 11.0]
-    queue = _queue(*[_task(s, score=s) for s in scores])
-    batch = queue.take(None, 3)
-    assert [t.item["data"] for t in batch] == [50.0, 52.0, 48.0]
-    assert [t.item["data"] for t in queue] == [10.0, 90.0, 11.0]
-    assert queue.size == 3
+def test_sort_score_orders_the_items_of_one_request_and_age_comes_first() -> None:
+    first, second = _Req(), _Req()
+    tasks = [Task({"data": s}, first, lambda task, error: None, score=s) for s in (50.0, 10.0, 52.0)]
+    tasks += [Task({"data": s}, second, lambda task, error: None, score=s) for s in (90.0, 48.0, 11.0)]
+    queue = _queue(*reversed(tasks))  # the younger request's lines arrive first
+    assert [t.item["data"] for t in queue.take(None, 4)] == [10.0, 50.0, 52.0, 11.0]
+    assert [t.item["data"] for t in queue] == [48.0, 90.0]
+    assert queue.size == 2
+
+
+def test_an_older_requests_item_goes_ahead_of_younger_ones_that_came_first() -> None:
+    old = _Req()
+    young = [_task(i) for i in range(3)]
+    late = Task({"data": "old"}, old, lambda task, error: None)
+    queue = _queue(*young, late)
+    assert [t.item["data"] for t in queue.take(None, 2)] == ["old", 0]
+    assert queue.oldest_enqueued() == 0.001  # the window still runs from the earliest arrival
+
+
+def test_full_buckets_overtake_the_head_only_within_the_limit() -> None:
+    head = _task("head", bucket="a")
+    queue = _queue(head, *[_task(i, bucket="b") for i in range(12)])
+    release = lambda: decide(queue, 0.0, max_batch=4, timeout=10, upstream=9, overtake_limit=8)  # noqa: E731
+    for _ in range(2):
+        decision = release()
+        assert (decision.bucket, decision.take, decision.reason) == ("b", 4, "full")
+        queue.take(decision.bucket, decision.take)
+    assert head.overtaken == 8
+    decision = release()  # a third full batch would leave the head 12 behind
+    assert (decision.bucket, decision.take, decision.reason) == ("a", 1, "fair")
+    assert [t.item["data"] for t in queue.take("a", 1)] == ["head"]
+    assert release().bucket == "b"  # nobody older waits: full batches go again
 
 
 def test_remove_if_and_drain() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
@@ -15,6 +16,8 @@ from pipeserve.instance import Instance, State, plan_groups
 from pipeserve.settings import NodeSettings
 from pipeserve.statistics import NodeStats
 
+_BIRTHS = itertools.count()
+
 
 class FakeRequest:
     """Just what a node asks of a request."""
@@ -22,6 +25,7 @@ class FakeRequest:
     def __init__(self, deadline: float | None = None) -> None:
         self.deadline = deadline
         self.finished = False
+        self.birth = next(_BIRTHS)
         self.errors: list[BaseException] = []
 
     def expired(self, now: float) -> bool:

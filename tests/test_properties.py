@@ -928,11 +928,17 @@ def _wait_for_break(items: list[Item]) -> list[Any]:
 
 
 # ================================================================================ (c) batch policy
+_BIRTHS = itertools.count()
+
+
 class _Req:
     finished = False
     deadline = None
     trace = None
     span = 0
+
+    def __init__(self) -> None:
+        self.birth = next(_BIRTHS)  # each task its own request, in the order made
 
     def expired(self, now: float) -> bool:
         return False

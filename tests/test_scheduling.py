@@ -1,6 +1,8 @@
 """One node's scheduling: instances, batching decisions, buckets, admission, isolation."""
 
+import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -351,3 +353,45 @@ def test_a_caller_that_does_not_come_back_is_not_waited_for_a_whole_window(make_
     stats = pipe.stats()["main"]
     assert stats["release_reasons"] == {"nothing_coming": 2}
     assert stats["mean_queue_ms"] < 1000
+
+
+def test_no_item_is_overtaken_by_more_than_max_times_instances_items_of_later_requests() -> None:
+    """NOTE [fair order], as statistics: requests (one bucket each, 1-6 items) are sent from one
+    thread, so each request's items reach the node before any later request's; every batch the
+    node starts is recorded, and for each item we count the items of later requests that started
+    before it. Full batches of other buckets may go first (batching is kept), but never more than
+    ``max x instance_num`` items past any item."""
+    started: list[list[tuple[int, int]]] = []
+    lock = threading.Lock()
+
+    @ps.register_backend("FairWork", replace=True)
+    def work(items: list[dict[str, Any]]) -> list[Any]:
+        with lock:
+            started.append([item["data"] for item in items])
+        time.sleep(0.003)
+        return [item["data"] for item in items]
+
+    config = {
+        "lines": {"backend": "MapReduce", "jump": "work"},
+        "work": {"backend": "FairWork", "max": 4, "instance_num": 2, "bucket_key": "width", "batching_timeout": 20},
+    }
+    rng = random.Random(7)
+    with ps.pipe(config) as pipe:
+        futures = []
+        for request in range(120):
+            parts = [(request, index) for index in range(rng.randint(1, 6))]
+            futures.append(pipe.submit({"data": parts, "width": rng.choice([1, 2, 2, 3, 3, 3])}))
+            time.sleep(rng.uniform(0, 0.002))
+        for future in futures:
+            future.result(30)
+    position: dict[tuple[int, int], int] = {}
+    for order, batch in enumerate(started):
+        for part in batch:
+            position[part] = order
+    worst = 0
+    for (request, _), order in position.items():
+        later = sum(1 for batch in started[:order] for (other, _) in batch if other > request)
+        worst = max(worst, later)
+    assert len(position) == sum(len(b) for b in started)  # each item ran once
+    assert worst <= 4 * 2, f"an item was overtaken by {worst} items of later requests"
+    assert len(position) / len(started) > 2  # batches still form across requests

@@ -14,11 +14,26 @@ An idle instance asks :func:`decide` what to do with the queue. A batch is relea
 otherwise the instance waits until the oldest item's window closes or something changes. The
 policy is a pure function of a snapshot, so tests drive it with any clock they like.
 
-Inside the queue, items are kept per *bucket* (items of different buckets never share a batch),
-ordered by priority (``_priority``, higher first) then arrival. A batch is taken from the bucket
-whose head is most urgent; with a sort score (``_sort_score``), the head's nearest neighbours by
-score join it, so similar items (text lines of similar width, say) are batched together while
-the oldest item still goes first.
+Inside the queue, items are kept per *bucket* (items of different buckets never share a batch)
+in the fair order below; a batch is the front of one bucket.
+
+NOTE [fair order]
+Requests should finish close to the order in which they came, as they do from Triton's queue,
+without losing batches across requests. Every item carries its request's *birth* (its place in
+the order requests were admitted; the sub-requests of a map-reduce share their parent's), so a
+line of an old page is older than every line of a later page wherever it is queued. Within a
+bucket, items are ordered by
+
+1. priority (``_priority``, higher first), then
+2. age (birth, oldest first), then
+3. the sort score (``_sort_score``) among the items of one request, so that its similar items
+   (text lines of similar width) batch together, then arrival.
+
+Across buckets, the *head* bucket (the one holding the most urgent item) goes first; a full
+batch of another bucket may go ahead of it (more items per batch) only while no queued item
+would be overtaken by more than ``overtake_limit`` items of younger requests in all; the node
+sets it to ``max x instances``, which bounds how far any item falls behind. Past it, the head
+goes at once, even partial (release reason ``fair``).
 """
 
 from __future__ import annotations
@@ -64,6 +79,11 @@ class RequestLike(Protocol):
     def span(self) -> int:
         """The span the request's node visits are children of (when traced)."""
 
+    @property
+    def birth(self) -> int:
+        """The request's place in the order requests were admitted (its sub-requests share it):
+        its age at every node (NOTE [fair order])."""
+
 
 OnDone = Callable[["Task", "BaseException | None"], None]
 
@@ -79,9 +99,26 @@ class Task:
         priority: higher runs first within a bucket.
         bucket: items of different buckets are never batched together.
         score: the sort score, or None.
+        birth: its request's :attr:`RequestLike.birth`.
+        key: its place in its bucket, set when queued (NOTE [fair order]).
+        overtaken: items of younger requests released before it while it was queued.
     """
 
-    __slots__ = ("bucket", "enqueued", "item", "on_done", "priority", "request", "score", "seq", "tag")
+    __slots__ = (
+        "birth",
+        "bucket",
+        "enqueued",
+        "item",
+        "key",
+        "on_done",
+        "overtaken",
+        "priority",
+        "queued",
+        "request",
+        "score",
+        "seq",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -99,13 +136,13 @@ class Task:
         self.priority = priority
         self.bucket = bucket
         self.score = score
+        self.birth = request.birth
         self.enqueued = 0.0
         self.seq = 0
+        self.key: tuple[int, int, float, int] = (0, 0, 0.0, 0)
+        self.overtaken = 0
+        self.queued = False
         self.tag: str = ""  # the graph node (logical name) the task belongs to
-
-    def sort_key(self) -> tuple[int, int]:
-        """Most urgent first: higher priority, then earlier arrival."""
-        return (-self.priority, self.seq)
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,7 @@ def decide(
     min_batch: int = 1,
     timeout: float,
     upstream: int,
+    overtake_limit: int | None = None,
 ) -> Decision:
     """Decide for one idle instance accepting ``min_batch..max_batch`` items.
 
@@ -145,6 +183,8 @@ def decide(
         now: the current clock reading.
         timeout: the batching window in seconds, measured from the oldest queued item.
         upstream: how many items are in flight upstream and may still arrive.
+        overtake_limit: how many items of younger requests may be released before any queued
+            item (NOTE [fair order]); None: no limit.
     """
     if not queue.size:
         return WAIT_FOR_CHANGE
@@ -161,17 +201,26 @@ def decide(
         if waited >= timeout:
             return Decision(size, bucket, "timeout")
         return Decision(wait=timeout - waited)
-    bucket, size = queue.largest_bucket()
-    if size >= max_batch:
-        return Decision(max_batch, bucket, "full")
     head = queue.head_bucket()
     head_size = queue.bucket_size(head)
+    if head_size >= max_batch:
+        return Decision(max_batch, head, "full")
+    bucket, size = queue.largest_bucket()
+    if size >= max_batch:
+        # A full batch of another bucket goes ahead of the head's few while that leaves no item
+        # overtaken by more than the limit; past it, the head goes first.
+        if overtake_limit is None or queue.overtakes(bucket, max_batch) <= overtake_limit:
+            return Decision(max_batch, bucket, "full")
+        if head_size >= min_batch:
+            return Decision(head_size, head, "fair")
     if head_size < min_batch:
         # This instance cannot take the head's few; the largest bucket goes instead once nothing
         # can come or the window (from the oldest item) has closed. Otherwise another (smaller)
         # group, or more items, must come.
         if size < min_batch:
             return WAIT_FOR_CHANGE
+        if size >= max_batch:
+            return Decision(max_batch, bucket, "full")
         if upstream <= 0:
             return Decision(min(size, max_batch), bucket, "nothing_coming")
         waited = now - queue.oldest_enqueued()
@@ -179,27 +228,32 @@ def decide(
             return Decision(min(size, max_batch), bucket, "timeout")
         return Decision(wait=timeout - waited)
     if upstream <= 0:
-        return Decision(min(head_size, max_batch), head, "nothing_coming")
+        return Decision(head_size, head, "nothing_coming")
     waited = now - queue.oldest_enqueued()
     if waited >= timeout:
-        return Decision(min(head_size, max_batch), head, "timeout")
+        return Decision(head_size, head, "timeout")
     return Decision(wait=timeout - waited)
 
 
 class BatchQueue:
-    """The items waiting at one node, grouped by bucket. Not thread-safe: the node locks it."""
+    """The items waiting at one node, grouped by bucket. Not thread-safe: the node locks it.
+
+    Each bucket is kept in order of urgency (NOTE [fair order]); arrivals are kept in a second
+    list, in the order they came, for the batching window.
+    """
 
     def __init__(self) -> None:
-        self._buckets: dict[Hashable, deque[Task]] = {}
-        self._ordered = False  # becomes True once any item carries a priority
+        self._buckets: dict[Hashable, list[Task]] = {}
+        self._arrivals: deque[Task] = deque()  # push order; taken tasks are skipped lazily
+        self._prioritised = False  # becomes True once any item carries a priority
         self._seq = 0
         self.size = 0
 
     @property
     def single_bucket(self) -> Hashable:
-        """The only bucket's key when exactly one bucket holds items and no priorities were
-        seen; a private sentinel otherwise."""
-        if len(self._buckets) != 1 or self._ordered:
+        """The only bucket's key when exactly one bucket holds items; a private sentinel
+        otherwise."""
+        if len(self._buckets) != 1:
             return _NO_BUCKET  # type: ignore[no-any-return]
         return next(iter(self._buckets))
 
@@ -208,20 +262,23 @@ class BatchQueue:
             yield from bucket
 
     def push(self, task: Task, now: float) -> None:
-        """Queue ``task``, stamping its arrival."""
+        """Queue ``task`` in its place (NOTE [fair order]), stamping its arrival."""
         task.enqueued = now
         self._seq += 1
         task.seq = self._seq
+        task.key = (-task.priority, task.birth, 0.0 if task.score is None else task.score, self._seq)
+        task.queued = True
+        task.overtaken = 0
+        if task.priority:
+            self._prioritised = True
         bucket = self._buckets.get(task.bucket)
         if bucket is None:
-            bucket = self._buckets[task.bucket] = deque()
-        if task.priority:
-            self._ordered = True
-        if self._ordered and bucket and bucket[-1].sort_key() > task.sort_key():
-            keys = [t.sort_key() for t in bucket]
-            bucket.insert(bisect.bisect_right(keys, task.sort_key()), task)
-        else:
+            self._buckets[task.bucket] = [task]
+        elif bucket[-1].key < task.key:
             bucket.append(task)
+        else:
+            bisect.insort(bucket, task, key=_urgency)
+        self._arrivals.append(task)
         self.size += 1
 
     def bucket_size(self, bucket: Hashable) -> int:
@@ -244,71 +301,94 @@ class BatchQueue:
     def head_bucket(self) -> Hashable:
         """The bucket whose first item is the most urgent."""
         best: Hashable = None
-        best_key: tuple[int, int] | None = None
+        best_key: tuple[int, int, float, int] | None = None
         for key, bucket in self._buckets.items():
-            if bucket and (best_key is None or bucket[0].sort_key() < best_key):
-                best, best_key = key, bucket[0].sort_key()
+            if best_key is None or bucket[0].key < best_key:
+                best, best_key = key, bucket[0].key
         return best
 
     def oldest_enqueued(self) -> float:
-        """The arrival time of the oldest queued item (inf when empty)."""
-        if not self._ordered:
-            return min((b[0].enqueued for b in self._buckets.values() if b), default=float("inf"))
-        return min((t.enqueued for t in self), default=float("inf"))
+        """The arrival time of the item queued longest (inf when empty)."""
+        arrivals = self._arrivals
+        while arrivals and not arrivals[0].queued:
+            arrivals.popleft()
+        return arrivals[0].enqueued if arrivals else float("inf")
+
+    def overtakes(self, bucket: Hashable, count: int) -> int:
+        """How far releasing the first ``count`` items of ``bucket`` now would leave the most
+        overtaken item of the other buckets behind: the largest ``overtaken`` it would reach
+        (0 when it overtakes nobody; NOTE [fair order])."""
+        queue = self._buckets.get(bucket)
+        if not queue:
+            return 0
+        births = sorted(task.birth for task in queue[:count])
+        worst = 0
+        for other, tasks in self._buckets.items():
+            if other == bucket:
+                continue
+            for task in tasks:
+                if task.birth >= births[-1]:
+                    if self._prioritised:
+                        continue
+                    break  # the rest of this bucket is younger still
+                later = len(births) - bisect.bisect_right(births, task.birth)
+                worst = max(worst, task.overtaken + later)
+        return worst
 
     def take(self, bucket: Hashable, count: int) -> list[Task]:
-        """Remove and return up to ``count`` items of ``bucket``, most urgent first.
-
-        With sort scores, the head item is joined by the items nearest to it by score.
-        """
+        """Remove and return the ``count`` most urgent items of ``bucket`` (fewer if it holds
+        fewer); the items of other buckets that they overtake count it (NOTE [fair order])."""
         queue = self._buckets.get(bucket)
         if not queue:
             return []
         if len(queue) <= count:
-            batch = list(queue)
+            batch = queue
             del self._buckets[bucket]
-        elif queue[0].score is not None:
-            batch = self._take_nearest(queue, count)
         else:
-            batch = [queue.popleft() for _ in range(count)]
+            batch = queue[:count]
+            del queue[:count]
+        for task in batch:
+            task.queued = False
         self.size -= len(batch)
+        if self._buckets:
+            self._count_overtaken(batch)
         return batch
 
-    @staticmethod
-    def _take_nearest(queue: deque[Task], count: int) -> list[Task]:
-        head = queue[0]
-        anchor = head.score if head.score is not None else 0.0
-
-        def distance(index: int) -> tuple[float, int]:
-            score = queue[index].score
-            return (abs((anchor if score is None else score) - anchor), index)
-
-        others = sorted(range(1, len(queue)), key=distance)
-        chosen = {0, *others[: count - 1]}
-        batch = [queue[i] for i in sorted(chosen)]
-        kept = [task for i, task in enumerate(queue) if i not in chosen]
-        queue.clear()
-        queue.extend(kept)
-        return batch
+    def _count_overtaken(self, batch: list[Task]) -> None:
+        births = sorted(task.birth for task in batch)
+        youngest = births[-1]
+        for tasks in self._buckets.values():
+            for task in tasks:
+                if task.birth >= youngest:
+                    if self._prioritised:
+                        continue
+                    break
+                task.overtaken += len(births) - bisect.bisect_right(births, task.birth)
 
     def remove_if(self, predicate: Callable[[Task], bool]) -> list[Task]:
         """Remove and return every task for which ``predicate`` is true."""
         removed: list[Task] = []
         for key in list(self._buckets):
             bucket = self._buckets[key]
-            kept: deque[Task] = deque()
+            kept: list[Task] = []
             for task in bucket:
                 (removed if predicate(task) else kept).append(task)
             if kept:
                 self._buckets[key] = kept
             else:
                 del self._buckets[key]
+        for task in removed:
+            task.queued = False
         self.size -= len(removed)
         return removed
 
     def drain(self) -> list[Task]:
         """Remove and return everything."""
         return self.remove_if(lambda task: True)
+
+
+def _urgency(task: Task) -> tuple[int, int, float, int]:
+    return task.key
 
 
 class Bucketing:

@@ -219,7 +219,13 @@ class Dispatcher:
                 if not group.idle:
                     continue
                 decision = decide(
-                    queue, now, max_batch=group.max, min_batch=group.min, timeout=group.timeout, upstream=upstream
+                    queue,
+                    now,
+                    max_batch=group.max,
+                    min_batch=group.min,
+                    timeout=group.timeout,
+                    upstream=upstream,
+                    overtake_limit=group.max * len(group.instances),  # NOTE [fair order]
                 )
                 if decision.take:
                     break

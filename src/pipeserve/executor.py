@@ -162,6 +162,10 @@ class Walk:
     def deadline(self) -> float | None:
         return self.root.deadline
 
+    @property
+    def birth(self) -> int:
+        return self.root.birth
+
     def expired(self, now: float) -> bool:
         return self.root.expired(now)
 

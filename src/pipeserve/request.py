@@ -64,6 +64,9 @@ def _peek(counter: itertools.count[int]) -> int:
     return int(repr(counter)[len("count(") : -1] or 0)
 
 
+_births = itertools.count()  # next() on it is atomic under the GIL
+
+
 class Request:
     """An admitted item on its way through the pipe.
 
@@ -83,11 +86,14 @@ class Request:
             learns it (the pipe's observers and the trace's end), or None: one test on the path
             of an unwatched request.
         started: the clock reading at admission (set only where ``watch`` is).
+        birth: its place in the order requests were made, process-wide: its age at every node
+            (NOTE [fair order] in :mod:`pipeserve.batching`).
     """
 
     __slots__ = (
         "_done",
         "_gate",
+        "birth",
         "caller",
         "caller_item",
         "deadline",
@@ -103,6 +109,7 @@ class Request:
 
     def __init__(self, caller_item: Item, deadline: float | None, entry: str, inflight: InFlight | None = None) -> None:
         self.caller_item = caller_item
+        self.birth = next(_births)
         self.item = dict(caller_item)
         self.item.pop("result", None)
         self.deadline = deadline
