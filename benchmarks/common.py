@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,16 +28,62 @@ def ocr_pages() -> list[bytes]:
     return [p.read_bytes() for p in sorted(OCR_PAGES.glob("*.jpg"))]
 
 
-def run_worker(python: str, script: Path, args: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``script worker args`` in a fresh process; return the JSON it prints last."""
+def document_pages(count: int = 12) -> list[bytes]:
+    """``count`` held-out generated documents (JPEG bytes, quality 90, 0.5 to 2 megapixels each;
+    letters, prose, receipts, tables, a turned line, mixed sizes in turn), other seeds than the
+    bundled pages: ``pipeserve.examples.ocr.documents.benchmark_pages``. Not the default load of
+    any benchmark; for a run on unseen, larger pages."""
+    from pipeserve.examples.ocr.documents import benchmark_pages
+
+    return [page.jpeg(90) for page in benchmark_pages(count)]
+
+
+def run_worker(
+    python: str,
+    script: Path,
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> dict[str, Any]:
+    """Run ``script worker args`` in a fresh process; return the JSON it prints last.
+
+    Past ``timeout`` seconds (or when this process is interrupted) the worker gets SIGTERM and up
+    to a minute to clean up (a worker that starts servers stops them on SIGTERM, see
+    :func:`exit_on_sigterm`), then SIGKILL; a timeout raises ``RuntimeError``."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), full_env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [python, str(script), "worker", *args], capture_output=True, text=True, env=full_env, timeout=600, check=False
+    process = subprocess.Popen(
+        [python, str(script), "worker", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException as exc:
+        process.terminate()
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise RuntimeError(f"worker {args} ran past {timeout:.0f} s and was stopped") from None
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit`` in the main thread, so that a worker's ``finally`` blocks
+    and context managers (servers it started) run when :func:`run_worker` stops it."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def median_of(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:

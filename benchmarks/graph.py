@@ -67,7 +67,7 @@ def worker(scenario: str, system: str, clients: int, seconds: float, length: int
     pipe = make_pipe(system, config)
     pipe(make_item(0))
     result = run_closed_loop(pipe, make_item, clients=clients, seconds=seconds, warmup=0.5)
-    summary = {"system": system, "length": length, **result.summary()}
+    summary = {"system": system, "length": length, **result.summary(), "throughput": result.throughput}  # unrounded
     if system != "omniback":
         stats = pipe.stats()
         node = "work" if scenario == "mapreduce" else next(iter(stats))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -49,7 +49,7 @@ def test_a_budget_needs_a_core() -> None:
 class Elastic(ps.Backend):
     """Records the grant of each batch; blocks in forward while ``hold`` is clear."""
 
-    granted: list[int] = []
+    granted: ClassVar[list[int]] = []
     hold = threading.Event()
     entered = threading.Semaphore(0)
 
@@ -155,3 +155,19 @@ def test_onnx_sessions_are_elastic_unless_threads_are_set(tmp_path: Path) -> Non
     with ps.pipe({"backend": "Onnx", "model": model, "elastic": False}, budget=budget) as pipe:
         backend = pipe._nodes["main"].instances[0].backend
         assert list(backend.sessions) == [4] and backend.max_threads() == 4 and backend.use_threads(1) == 4
+
+
+def test_onnx_widens_only_where_more_threads_paid_off(tmp_path: Path) -> None:
+    from tests.test_onnx import affine_model
+
+    model = affine_model(tmp_path / "a.onnx")
+    with ps.pipe({"backend": "Onnx", "model": model, "instance_num": 2}, budget=ps.CpuBudget(4)) as pipe:
+        backend = pipe._nodes["main"].instances[0].backend  # white-box: its learnt costs
+        backend.costs = {4: [1.0, 3]}
+        assert backend.use_threads(4) == 2  # the narrow session is tried before they are compared
+        backend.costs = {2: [1.0, 3], 4: [0.9, 3]}
+        assert backend.use_threads(4) == 2  # 1.1x faster does not pay for a second core
+        backend.costs = {2: [1.0, 3], 4: [0.6, 3]}
+        assert backend.use_threads(4) == 4
+        backend._learn(1000, 0.0009)
+        assert backend.costs[4][1] == 4 and backend.costs[4][0] < 0.6

@@ -105,4 +105,85 @@ def test_lines_of_different_requests_batch_together(pipe: Any) -> None:
     rec_items, rec_batches = (after["rec"][i] - before["rec"][i] for i in (0, 1))
     assert cls_items == rec_items == 48
     assert cls_batches <= 8  # 48 lines of 6 requests in a handful of batches
-    assert rec_batches <= 16  # only lines padded to the same width share a batch
+    assert rec_batches == 48  # the recogniser reads one line a call on CPU (ocr.toml says why)
+
+
+def _square_page(seed: int, lines: int) -> Any:
+    """A 740x740 page of ``lines`` printed lines (BGR): near detection's own size, so quick."""
+    import cv2
+
+    page = np.full((740, 740, 3), 236, dtype=np.uint8)
+    words = ("invoice", "total", "2026", "delivery", "page", "order", "42.50", "north", "report")
+    for index in range(lines):
+        text = " ".join(words[(seed + index + k) % len(words)] for k in range(3))
+        cv2.putText(page, text, (40, 90 + 70 * index), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (25, 25, 25), 2, cv2.LINE_AA)
+    return page
+
+
+def test_bundled_pages_read_as_documents(pipe: Any) -> None:
+    from pipeserve.examples.ocr.demo import IMAGES
+
+    receipt = (IMAGES / "page2.jpg").read_bytes()  # the receipt: items, quantities, prices, a total
+    texts = [line["text"] for line in pipe({"data": receipt})["result"]]
+    assert len(texts) >= 15
+    assert any("TOTAL" in text for text in texts)
+    assert sum(any(c.isdigit() for c in text) for text in texts) >= 10
+
+
+def test_annotated_page_shows_the_boxes_beside_their_texts(pipe: Any) -> None:
+    from PIL import Image
+
+    from pipeserve.examples.ocr.annotate import annotate
+
+    image = _square_page(31, 5)  # BGR, as OpenCV gives it
+    data = encode(image, ".png")
+    lines = pipe({"data": data})["result"]
+    assert len(lines) == 5
+    height, width = image.shape[:2]
+    for source in (data, image):
+        picture = annotate(source, lines)
+        assert picture.dtype == np.uint8 and picture.shape[2] == 3
+        assert picture.shape[0] >= height and picture.shape[1] > width  # the page, a panel beside it
+        page = picture[:height, :width].astype(int)
+        plain = image[:, :, ::-1].astype(int)  # RGB
+        left = int(min(min(x for x, _ in line["box"]) for line in lines)) - 2
+        assert np.array_equal(page[:, :left], plain[:, :left])  # untouched left of every box
+        for line in lines:
+            box = np.asarray(line["box"])
+            x0, y0 = box.min(axis=0).astype(int)
+            x1, y1 = box.max(axis=0).astype(int)
+            assert np.abs(page[y0 : y1 + 1, x0 : x1 + 1] - plain[y0 : y1 + 1, x0 : x1 + 1]).max() > 40  # drawn on
+        panel = picture[:, width + 1 :]
+        assert (panel < 128).any()  # the texts are written on the panel
+    assert Image.fromarray(annotate(data, [])).size[0] > width  # no lines: the page and an empty panel
+
+
+def test_demo_prints_text_writes_the_annotated_page_and_measures_fixed_counts(
+    pipe: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+    import io
+
+    from PIL import Image
+
+    from pipeserve.examples.ocr import demo
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed in range(2):
+        (folder / f"page{seed}.jpg").write_bytes(encode(_square_page(seed, 3)))
+    monkeypatch.setattr(demo, "IMAGES", folder)
+    monkeypatch.setattr(demo, "pipeline", lambda: contextlib.nullcontext(pipe))  # the module's pipe, not closed
+    monkeypatch.setattr(demo, "requests_for", lambda clients: clients + 1)
+    out = io.StringIO()
+    target = tmp_path / "out" / "annotated.png"
+    demo.main(clients=(1, 2), out=out, annotated=target)  # rows of 2 and 3 requests
+    text = out.getvalue()
+    assert "page0.jpg: 3 lines" in text and f"annotated page written to {target}" in text
+    with Image.open(target) as picture:
+        assert picture.size[0] > 400
+    header = next(line for line in text.splitlines() if line.startswith("| clients"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert columns[:4] == ["clients", "requests", "seconds", "images/s"]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in ("1", "2")]
+    assert [[cell.strip() for cell in row.strip("|").split("|")][1] for row in rows] == ["2", "3"]

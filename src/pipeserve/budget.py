@@ -12,6 +12,8 @@ instance keeps busy right now (``busy``: 0 between batches).
   PyTorch) asks for a grant before each batch: its fair share, or more when the other slots leave
   cores idle (``cores - the others' busy``), at most its ``max_threads()``. A request that is alone
   in the process so runs its detector on every core; under load each call falls back to its share.
+  A call is not widened while more items of its node are queued: a sibling instance is about to
+  start on them and would find its cores taken.
   The backend applies the grant through :meth:`~pipeserve.Backend.use_threads` and says how many
   threads it will really use, which the slot records until the batch ends.
 * Other backends (Python stages, process instances) only record their weight while a batch runs:
@@ -135,17 +137,18 @@ class CpuBudget:
                 self._weight -= slot.weight
             slot.busy = 0
 
-    def grant(self, slot: CpuSlot) -> int:
+    def grant(self, slot: CpuSlot, *, widen: bool = True) -> int:
         """Threads ``slot``'s next call may use: its fair share, or the cores the other slots
-        leave idle when more, at most ``slot.most``. Recorded as ``slot.busy`` until the caller
-        sets what it really uses (and 0 when the call ends)."""
+        leave idle when more (unless ``widen`` is false: more work of its node is queued for
+        its siblings), at most ``slot.most``. Recorded as ``slot.busy`` until the caller sets
+        what it really uses (and 0 when the call ends)."""
         with self._lock:
             others = 0
             for other in self._slots:
                 if other is not slot:
                     others += other.busy
             fair = share(self.cores, self._weight)
-            threads = min(slot.most, max(fair, self.cores - others))
+            threads = min(slot.most, max(fair, self.cores - others) if widen else fair)
             slot.busy = threads
             self._grants += 1
             if threads > fair:

@@ -37,8 +37,11 @@ def _items_from(args: argparse.Namespace) -> Callable[[int], dict[str, Any]]:
 def bench(args: argparse.Namespace) -> int:
     """``bench CONFIG``: load-test a pipe in this process, or with ``--url`` a served model.
 
-    Prints one summary row per step; ``--json FILE`` also writes the figures (rows, latency over
-    time, machine) and ``--plot FILE`` draws them (see :mod:`pipeserve.bench.report`). A ``--plot``
+    Each step runs for ``--seconds`` or, with ``--requests N``, until N requests have been
+    measured (see :func:`pipeserve.bench.run_closed_loop`). Prints one summary row per step;
+    ``--json FILE`` also writes the figures (rows, latency over time, machine; ``meta`` records
+    the mode, ``"duration"`` or ``"requests"``, and the count or the seconds) and ``--plot FILE``
+    draws them (see :mod:`pipeserve.bench.report`). A ``--plot``
     that could not be written (no matplotlib, unknown suffix) is refused before the load runs:
     one line on stderr, exit status 2.
     """
@@ -85,14 +88,27 @@ def _load(
     """One result per client count (closed loop through ``call``), or one at ``--rate``
     (open loop through ``submit``)."""
     results = []
+    seconds = _seconds(args)
     for clients in args.clients:
         if args.rate:
             result = run_open_loop(
-                submit, make_item, rate=args.rate, seconds=args.seconds, label=f"{args.rate}/s", progress=sys.stderr
+                submit,
+                make_item,
+                rate=args.rate,
+                seconds=seconds,
+                requests=args.requests,
+                label=f"{args.rate}/s",
+                progress=sys.stderr,
             )
         else:
             result = run_closed_loop(
-                call, make_item, clients=clients, seconds=args.seconds, label=f"{clients} clients", progress=sys.stderr
+                call,
+                make_item,
+                clients=clients,
+                seconds=seconds,
+                requests=args.requests,
+                label=f"{clients} clients",
+                progress=sys.stderr,
             )
         results.append(result)
         if result.first_error:
@@ -102,15 +118,25 @@ def _load(
     return results
 
 
+def _seconds(args: argparse.Namespace) -> float:
+    """The duration of a step: ``--seconds``, 5 by default (unused with ``--requests``)."""
+    return 5.0 if args.seconds is None else float(args.seconds)
+
+
 def _report(args: argparse.Namespace, name: str, target: str, results: list[LoadResult]) -> None:
     """Print the summary rows; write ``--json`` and ``--plot`` where asked."""
     rows = [result.summary() for result in results]
-    print(format_table(rows, ["label", "clients", "requests", "errors", "throughput", "p50_ms", "p90_ms", "p99_ms"]))
+    columns = ["label", "clients", "requests", "errors", "seconds", "throughput", "p50_ms", "p90_ms", "p99_ms"]
+    print(format_table(rows, columns))
     if not (args.json or args.plot):
         return
     from .bench.report import build_report, write_json, write_plot
 
     report = build_report(results, config=name, target=target, rate=args.rate)
+    fixed = args.requests is not None
+    report["meta"]["mode"] = "requests" if fixed else "duration"
+    report["meta"]["requests"] = args.requests  # per step; None for a duration
+    report["meta"]["seconds"] = None if fixed else _seconds(args)  # per step; measured ones in each summary
     for path, write in ((args.json, write_json), (args.plot, write_plot)):
         if path:
             write(report, path)
@@ -155,6 +181,13 @@ def graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeserve`` command."""
     parser = argparse.ArgumentParser(prog="pipeserve", description="Serve deep-learning pipelines in one process.")
@@ -162,7 +195,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the main job: the OCR service on bundled pages")
-    demo.add_argument("--seconds", type=float, default=10.0, help="measuring time per table row")
+    demo.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="measuring time per table row (default: the OCR demo measures 2 x clients + 8 requests per row; "
+        "--scheduler: 10 s)",
+    )
+    demo.add_argument(
+        "--annotated",
+        metavar="PATH",
+        default=".artifacts/ocr-annotated.png",
+        help="where to write the first page with its boxes and texts drawn (default: %(default)s)",
+    )
     demo.add_argument("--scheduler", action="store_true", help="instead: the scheduler on built-in backends")
 
     served = commands.add_parser("serve", help="serve pipelines over HTTP and gRPC (Triton's protocol)")
@@ -191,7 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--url", help="drive a server instead: http://HOST:PORT or grpc://HOST:PORT")
     load.add_argument("--clients", type=lambda s: [int(c) for c in s.split(",")], default=[1, 4, 16])
     load.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (instead of clients)")
-    load.add_argument("--seconds", type=float, default=5.0)
+    length = load.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=None, help="measuring time per step (default: 5)")
+    length.add_argument(
+        "--requests",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="instead of --seconds: measure exactly N requests per step (all clients together, after the warm-up); "
+        "throughput is N over the time from the first one sent to the last one done (with --rate: N requests "
+        "sent at that rate)",
+    )
     load.add_argument("--input", help="a folder whose files are sent as bytes in 'data'")
     load.add_argument("--data", default="x", help="the 'data' to send when no --input is given")
     load.add_argument("--stats", action="store_true", help="print per-node statistics afterwards")
@@ -219,11 +274,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.scheduler:
             from .bench.demo import main as run_scheduler_demo
 
-            run_scheduler_demo(args.seconds)
+            run_scheduler_demo(10.0 if args.seconds is None else args.seconds)
         else:
             from .examples.ocr.demo import main as run_ocr_demo
 
-            run_ocr_demo(args.seconds)
+            run_ocr_demo(args.seconds, annotated=args.annotated)
         return 0
     if args.command == "bench":
         return bench(args)

@@ -126,10 +126,11 @@ def _put(
             deliver(task, exc)
 
 
-def run_batch(instance: Instance, batch: list[Task], isolate: bool) -> dict[int, RequestError]:
+def run_batch(instance: Instance, batch: list[Task], isolate: bool, *, queued: bool = False) -> dict[int, RequestError]:
     """Run ``batch`` on ``instance`` (NOTE [error isolation]); returns the failures by index.
     Adds the time spent to ``instance.busy_seconds``; holds the instance's share of the CPU
-    budget meanwhile (NOTE [elastic budget] in :mod:`pipeserve.budget`)."""
+    budget meanwhile (NOTE [elastic budget] in :mod:`pipeserve.budget`), not widened when more
+    items of the node are ``queued``."""
     instance.current = batch
     slot = instance.cpu
     start = time.perf_counter()
@@ -137,7 +138,7 @@ def run_batch(instance: Instance, batch: list[Task], isolate: bool) -> dict[int,
         if slot is not None:
             if slot.most > 1:
                 assert instance.backend is not None
-                slot.busy = instance.backend.use_threads(slot.budget.grant(slot))
+                slot.busy = instance.backend.use_threads(slot.budget.grant(slot, widen=not queued))
             else:
                 slot.busy = slot.weight
         failures = instance.run(batch, isolate)

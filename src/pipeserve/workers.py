@@ -214,7 +214,7 @@ class Workers:
         deliver its outcomes, free the instance, then hand the items on (NOTE [hand-off]).
         False when the batch was given up meanwhile and the instance abandoned (NOTE [hung
         backends]): nothing is delivered, and its worker is to end."""
-        failures = run_batch(instance, batch, self._isolate)
+        failures = run_batch(instance, batch, self._isolate, queued=self._dispatch.queue.size > 0)
         if self.watched:
             with self._lock:
                 if instance.state is State.ABANDONED:

@@ -30,6 +30,7 @@ model with messages that say what was expected.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,9 @@ from ..config import get_bool, get_float, get_int, get_list, get_str
 from ..errors import ConfigError
 
 __all__ = ["OnnxRuntime"]
+
+_TRIES = 3  # calls on each thread count before comparing them (NOTE [elastic budget])
+_PAYS = 1.25  # how much faster per element a wider session must be to be used
 
 _DTYPES = {
     "tensor(float)": "float32",
@@ -80,6 +84,10 @@ class OnnxRuntime(Backend):
             not fixed and providers == ["CPUExecutionProvider"] and get_bool(params, "elastic", True, node=node)
         )
         self.sessions: dict[int, Any] = {threads: self._open(threads)}
+        self.threads = threads  # those of the session in use
+        # Seconds per input element of each thread count, learnt from the calls it ran
+        # (an exponential average, and how many calls it rests on): widening must pay.
+        self.costs: dict[int, list[float]] = {}
         self.most = threads
         if self.elastic and options.cpu_cores > threads:
             self.most = options.cpu_cores
@@ -116,16 +124,40 @@ class OnnxRuntime(Backend):
         return self.most
 
     def use_threads(self, granted: int) -> int:
-        """The session with the most threads within ``granted`` (one is opened for a grant below
-        every session's count: a later pipe lowered the fair share)."""
+        """The session with the most threads within ``granted``, as long as it pays: a wider
+        session is used only once its calls ran at least 1.25x faster per input element than
+        the narrower one's (each is tried a few times first; a model whose operators do not
+        scale, such as the PP-OCR recogniser, then keeps one thread and leaves the other cores
+        to other stages). A session is opened for a grant below every session's count (a later
+        pipe lowered the fair share)."""
         if not self.elastic:
             return self.most
         fitting = [threads for threads in self.sessions if threads <= granted]
-        threads = max(fitting) if fitting else granted
-        if threads not in self.sessions:
-            self.sessions[threads] = self._open(threads)
+        if not fitting:
+            self.sessions[granted] = self._open(granted)
+            fitting = [granted]
+        threads = max(fitting)
+        narrower = [t for t in fitting if t < threads]
+        if narrower:
+            narrow = max(narrower)
+            wide_cost, wide_calls = self.costs.get(threads, (0.0, 0))
+            narrow_cost, narrow_calls = self.costs.get(narrow, (0.0, 0))
+            if wide_calls >= _TRIES and (narrow_calls < _TRIES or wide_cost * _PAYS > narrow_cost):
+                threads = narrow
+        self.threads = threads
         self.session = self.sessions[threads]
         return threads
+
+    def _learn(self, elements: int, seconds: float) -> None:
+        if not self.elastic or elements <= 0:
+            return
+        cost = seconds / elements
+        entry = self.costs.get(self.threads)
+        if entry is None:
+            self.costs[self.threads] = [cost, 1]
+        else:
+            entry[0] += (cost - entry[0]) * (0.5 if entry[1] < _TRIES else 0.1)
+            entry[1] += 1
 
     def _channel_vector(self, params: Mapping[str, Any], key: str) -> Any:
         values = get_list(params, key, node=self.options.node)
@@ -223,6 +255,12 @@ class OnnxRuntime(Backend):
         return x.astype(self.dtypes[0], copy=False)
 
     def _run(self, feeds: list[Any], rows: int) -> list[Any]:
+        start = time.perf_counter()
+        outputs = self._run_session(feeds, rows)
+        self._learn(sum(int(f.size) for f in feeds), time.perf_counter() - start)
+        return outputs
+
+    def _run_session(self, feeds: list[Any], rows: int) -> list[Any]:
         names = [spec.name for spec in self.inputs]
         size = self.static_batch
         if size is None or rows == size:

@@ -1,4 +1,19 @@
-"""Closed- and open-loop load generators and a plain-text summary table."""
+"""Closed- and open-loop load generators and a plain-text summary table.
+
+Two ways to bound a load step:
+
+- duration (``seconds=``): clients send back to back for a fixed time after the warm-up; what
+  completes inside the window is measured, and throughput is that count over the window.
+- fixed count (``requests=N``): after the warm-up (and after every warm-up request has finished),
+  the clients send exactly ``N`` requests in all, sharing them out as they become free;
+  throughput is ``N`` (less errors) over the wall time from the first measured send to the last
+  completion. On a slow pipeline this says what a figure rests on ("40 requests in 52.1 s"),
+  where a short window would count a handful of completions and a lucky or unlucky boundary.
+
+:meth:`LoadResult.summary` reports throughput with three significant digits (0.497, 12.3, 1530),
+and :func:`format_table` prints every float with three (2.00, 0.0497), whole numbers from 100 up
+(1,530), so a table neither drops a slow pipeline's digits nor invents a fast one's.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +26,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["LoadResult", "format_table", "measure_ideal", "percentile", "run_closed_loop", "run_open_loop"]
+__all__ = [
+    "LoadResult",
+    "format_table",
+    "measure_ideal",
+    "percentile",
+    "run_closed_loop",
+    "run_open_loop",
+    "significant",
+]
 
 Item = dict[str, Any]
 
@@ -26,13 +49,24 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
+def significant(value: float, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits: 0.49731 -> 0.497, 12.34 -> 12.3,
+    1534.2 -> 1530.0 (zero, NaN and infinities unchanged)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
 @dataclass
 class LoadResult:
     """What one load run measured. Latencies are in seconds.
 
-    ``completions[i]`` is when the request of ``latencies[i]`` completed, in seconds from the start
-    of the measuring window (closed loop) or from the first scheduled send (open loop); the two
-    lists have the same length and order (not necessarily time order).
+    ``seconds`` is the measuring window: the duration asked for, or in the fixed-count mode the
+    wall time from the first measured send to the last completion. ``requested`` is the fixed
+    count (``None`` for a duration). ``completions[i]`` is when the request of ``latencies[i]``
+    completed, in seconds from the start of the measuring window (closed loop) or from the first
+    scheduled send (open loop); the two lists have the same length and order (not necessarily
+    time order).
     """
 
     label: str
@@ -42,6 +76,12 @@ class LoadResult:
     completions: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
+    requested: int | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"requests"`` (a fixed count) or ``"duration"``."""
+        return "duration" if self.requested is None else "requests"
 
     @property
     def completed(self) -> int:
@@ -63,7 +103,7 @@ class LoadResult:
             "requests": self.completed,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
-            "throughput": round(self.throughput, 3),  # OCR runs at about 1 image/s: keep the digits
+            "throughput": significant(self.throughput, 3),  # 0.497, 12.3, 1530: as many digits as it is worth
             "p50_ms": round(1e3 * percentile(ordered, 0.50), 3),
             "p90_ms": round(1e3 * percentile(ordered, 0.90), 3),
             "p99_ms": round(1e3 * percentile(ordered, 0.99), 3),
@@ -72,9 +112,10 @@ class LoadResult:
 
 
 class _Progress:
-    def __init__(self, stream: TextIO | None, total_seconds: float, label: str) -> None:
+    def __init__(self, stream: TextIO | None, total_seconds: float, label: str, total_requests: int = 0) -> None:
         self.stream = stream if stream is not None and stream.isatty() else None
         self.total = total_seconds
+        self.requests = total_requests
         self.label = label
         self.last = 0.0
 
@@ -83,7 +124,10 @@ class _Progress:
             return
         self.last = elapsed
         width = 30
-        filled = min(width, int(width * elapsed / self.total)) if self.total else width
+        if self.requests:
+            filled = min(width, width * done // self.requests)
+        else:
+            filled = min(width, int(width * elapsed / self.total)) if self.total else width
         self.stream.write(f"\r  {self.label:<28} [{'#' * filled}{'.' * (width - filled)}] {done} done")
         self.stream.flush()
 
@@ -99,16 +143,28 @@ def run_closed_loop(
     *,
     clients: int,
     seconds: float = 3.0,
+    requests: int | None = None,
     warmup: float = 0.5,
     label: str = "",
     progress: TextIO | None = None,
 ) -> LoadResult:
-    """``clients`` threads each call ``call(make_item(i))`` back to back for ``seconds``.
+    """``clients`` threads each call ``call(make_item(i))`` back to back for ``seconds``, or
+    until ``requests`` requests in all have been measured.
 
-    Measured: the requests that complete inside the window after the ``warmup`` (throughput is
-    their count over ``seconds``; their latencies from send to completion). Requests still running
-    at the end finish but are not counted. Errors are counted, not raised.
+    Duration (``requests`` None): measured are the requests that complete inside the window of
+    ``seconds`` after the ``warmup`` (throughput is their count over ``seconds``; their latencies
+    from send to completion). Requests still running at the end finish but are not counted.
+
+    Fixed count (``requests=N``, ``seconds`` ignored): the clients call for ``warmup`` seconds
+    unmeasured; once every warm-up request has finished they send ``make_item(0)`` to
+    ``make_item(N - 1)`` between them, each taking the next as it becomes free. Measured are
+    exactly those ``N``; ``seconds`` of the result is the wall time from the first of them sent to
+    the last completed, and throughput the successful ones over it.
+
+    Errors are counted, not raised.
     """
+    if requests is not None:
+        return _closed_loop_count(call, make_item, clients, requests, warmup, label, progress)
     result = LoadResult(label, clients, 0.0)
     lock = threading.Lock()
     start_barrier = threading.Barrier(clients + 1)
@@ -164,25 +220,112 @@ def run_closed_loop(
     return result
 
 
+def _closed_loop_count(
+    call: Callable[[Item], Any],
+    make_item: Callable[[int], Item],
+    clients: int,
+    requests: int,
+    warmup: float,
+    label: str,
+    progress: TextIO | None,
+) -> LoadResult:
+    """:func:`run_closed_loop` with a fixed count of measured requests."""
+    if requests < 1 or clients < 1:
+        raise ValueError(f"requests and clients must be at least 1 (got requests={requests}, clients={clients})")
+    result = LoadResult(label, clients, 0.0, requested=requests)
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(clients + 1)
+    warm_barrier = threading.Barrier(clients)
+    timing: dict[str, float] = {}
+    issued = [0]
+    done_count = [0]
+    spans: list[tuple[float, float]] = []  # (first send, last completion) per client
+
+    def client(index: int) -> None:
+        start_barrier.wait()
+        sequence = index
+        while time.perf_counter() < timing["warm_end"]:
+            try:
+                call(make_item(sequence))
+            except Exception:  # noqa: BLE001 - the warm-up is not measured
+                pass
+            sequence += clients
+        warm_barrier.wait()  # every warm-up request has finished: the measured ones run alone
+        latencies: list[float] = []
+        sent_at: list[float] = []
+        done_at: list[float] = []
+        errors = 0
+        first_error = ""
+        while True:
+            with lock:
+                ticket = issued[0]
+                if ticket >= requests:
+                    break
+                issued[0] += 1
+            sent = time.perf_counter()
+            try:
+                call(make_item(ticket))
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - counted, reported in the summary
+                ok = False
+                errors += 1
+                first_error = first_error or f"{type(exc).__name__}: {exc}"
+            done = time.perf_counter()
+            sent_at.append(sent)
+            if ok:
+                latencies.append(done - sent)
+                done_at.append(done)
+            with lock:
+                done_count[0] += 1
+        with lock:
+            result.latencies.extend(latencies)
+            result.completions.extend(done_at)  # absolute for now; made relative below
+            result.errors += errors
+            result.first_error = result.first_error or first_error
+            if sent_at:
+                spans.append((min(sent_at), max(done_at, default=sent_at[-1])))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    now = time.perf_counter()
+    timing["warm_end"] = now + warmup
+    start_barrier.wait()
+    bar = _Progress(progress, 0.0, label, requests)
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.1)
+            bar.update(time.perf_counter() - now, done_count[0])
+    bar.finish()
+    begin = min(first for first, _ in spans)
+    result.seconds = max(last for _, last in spans) - begin
+    result.completions = [moment - begin for moment in result.completions]
+    return result
+
+
 def run_open_loop(
     submit: Callable[[Item], Future[Any]],
     make_item: Callable[[int], Item],
     *,
     rate: float,
     seconds: float = 3.0,
+    requests: int | None = None,
     label: str = "",
     progress: TextIO | None = None,
 ) -> LoadResult:
-    """Send ``rate`` requests per second for ``seconds`` through ``submit`` (which returns a
-    Future), independently of how fast they finish; latency is measured from the scheduled
-    send time, so a falling-behind sender shows up in the percentiles."""
-    result = LoadResult(label, 0, seconds)
+    """Send ``rate`` requests per second for ``seconds`` (or ``requests`` of them, over
+    ``requests / rate`` seconds) through ``submit`` (which returns a Future), independently of how
+    fast they finish; latency is measured from the scheduled send time, so a falling-behind sender
+    shows up in the percentiles."""
+    if requests is not None:
+        seconds = requests / rate
+    result = LoadResult(label, 0, seconds, requested=requests)
     lock = threading.Lock()
     pending: list[Future[Any]] = []
     interval = 1.0 / rate
     start = time.perf_counter()
     bar = _Progress(progress, seconds, label)
-    count = int(rate * seconds)
+    count = int(rate * seconds) if requests is None else requests
 
     def finished(scheduled: float) -> Callable[[Future[Any]], None]:
         def record(future: Future[Any]) -> None:
@@ -262,8 +405,19 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    """A float with three significant digits (0.497, 12.3, 2.00), whole from 100 up (1,530,
+    1,235), so that neither a slow pipeline's 0.497 images/s nor a fast one's 1,530 requests/s
+    loses or invents digits; past the third decimal without trailing zeros (0.0497, but 0.008 for
+    a latency the summary rounded to 3 decimals); anything else as ``str``."""
+    if isinstance(value, float) and math.isfinite(value):
+        if abs(value) >= 99.95:
+            return f"{value:,.0f}"
+        if value == 0:
+            return "0"
+        rounded = significant(value, 3)
+        decimals = max(0, 2 - math.floor(math.log10(abs(rounded))))
+        text = f"{rounded:,.{decimals}f}"
+        return text.rstrip("0") if decimals > 3 else text  # below 0.01: three decimals stay
     return str(value)
 
 
