@@ -19,13 +19,17 @@ first round every system reads each page once and its texts are compared with Ra
     python benchmarks/triton_ocr.py [--rounds 3] [--seconds 30] [--clients 1,4,16]
         [--systems pipeserve,triton-engine,triton-bls] [--triton DIR] [--engine-instances 2]
 
-DIR is where get-triton.sh installed tritonserver (default benchmarks/.peers/triton); the script
-prints the command that installs it when it is missing.
+DIR is where get-triton.sh installed tritonserver, its models' venv holding onnxruntime and
+rapidocr-onnxruntime. Without --triton the first usable of benchmarks/.peers/triton,
+benchmarks/.peers/serving/triton (benchmarks/serving_peers.sh) and .venv/triton is taken; when none
+is, the script prints the command that installs one. benchmarks/ocr.py (issue 12) starts its
+servers with ``serving()`` here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.metadata
 import json
@@ -39,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,8 @@ REPOSITORY = ROOT / "benchmarks" / "triton_ocr"
 ONNX_STAGE = REPOSITORY / "onnx_stage.py"  # the model.py of det, cls and rec alike
 ONNX_STAGES = ("det", "cls", "rec")
 DEFAULT_TRITON = ROOT / "benchmarks" / ".peers" / "triton"
+TRITON_CANDIDATES = (DEFAULT_TRITON, ROOT / "benchmarks" / ".peers" / "serving" / "triton", ROOT / ".venv" / "triton")
+MODEL_PACKAGES = ("onnxruntime", "rapidocr_onnxruntime")  # what the models import in Triton's venv
 GET_TRITON = ROOT.parent / "shared" / "tools" / "get-triton.sh"
 SYSTEMS = ("pipeserve", "triton-engine", "triton-bls")
 MODELS = {  # system -> (model the client calls, models the server loads)
@@ -198,6 +204,24 @@ def _repository(scratch: Path, models: Sequence[str], engine_instances: int) -> 
     return repository
 
 
+@contextlib.contextmanager
+def serving(system: str, triton: Path, engine_instances: int, lifetime_s: float) -> Iterator[tuple[Server, Any]]:
+    """A fresh server of ``system`` and an HTTP client of its OCR model (one keep-alive connection
+    per calling thread, ``pipeserve.bench.remote.remote_call``); both closed on the way out, the
+    server's whole process group ended (``Server.stop``)."""
+    from pipeserve.bench.remote import remote_call
+
+    server = Server(system, triton, engine_instances, lifetime_s)
+    try:
+        call = remote_call(f"http://127.0.0.1:{server.port}", server.model)
+        try:
+            yield server, call
+        finally:
+            call.close()
+    finally:
+        server.stop()
+
+
 def _ps_groups(groups: set[int]) -> list[str]:
     """``ps`` lines of every process still in one of ``groups``."""
     out = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True, check=True, timeout=30)
@@ -212,7 +236,7 @@ def _ps_groups(groups: set[int]) -> list[str]:
 # --- workers (each in a fresh process) ---------------------------------------------------------
 
 
-def _decode(body: bytes) -> list[dict[str, Any]]:
+def decode(body: bytes) -> list[dict[str, Any]]:
     """The lines in an infer response (JSON outputs: the clients ask for no binary output)."""
     from pipeserve import oip
 
@@ -223,30 +247,19 @@ def _decode(body: bytes) -> list[dict[str, Any]]:
 
 def check_worker(system: str, triton: Path, engine_instances: int) -> dict[str, Any]:
     """Each page once through a fresh server: the lines it returns."""
-    from pipeserve.bench.remote import remote_call
-
-    server = Server(system, triton, engine_instances, lifetime_s=START_LIMIT_S + 300)
-    try:
-        call = remote_call(f"http://127.0.0.1:{server.port}", server.model)
-        try:
-            pages = [_decode(call({"data": page})) for page in ocr_pages()]
-        finally:
-            call.close()
+    with serving(system, triton, engine_instances, lifetime_s=START_LIMIT_S + 300) as (server, call):
+        pages = [decode(call({"data": page})) for page in ocr_pages()]
         version = server.version()
-    finally:
-        server.stop()
     return {"system": system, "pages": pages, "version": version, "group": server.group}
 
 
 def load_worker(system: str, clients: int, seconds: float, triton: Path, engine_instances: int) -> dict[str, Any]:
     """``clients`` closed-loop clients against a fresh server for ``seconds`` after the warm-up."""
     from pipeserve.bench import run_closed_loop
-    from pipeserve.bench.remote import remote_call
 
     pages = ocr_pages()
-    server = Server(system, triton, engine_instances, lifetime_s=START_LIMIT_S + WARMUP_S + seconds + 120)
-    try:
-        call = remote_call(f"http://127.0.0.1:{server.port}", server.model)
+    lifetime_s = START_LIMIT_S + WARMUP_S + seconds + 120
+    with serving(system, triton, engine_instances, lifetime_s) as (server, call):
         sent = [0]
 
         def bounded(item: dict[str, Any]) -> Any:
@@ -256,15 +269,10 @@ def load_worker(system: str, clients: int, seconds: float, triton: Path, engine_
                 raise RuntimeError(f"more than {MAX_REQUESTS} requests")
             return call(item)
 
-        try:
-            result = run_closed_loop(
-                bounded, lambda i: {"data": pages[i % len(pages)]}, clients=clients, seconds=seconds, warmup=WARMUP_S
-            )
-        finally:
-            call.close()
+        result = run_closed_loop(
+            bounded, lambda i: {"data": pages[i % len(pages)]}, clients=clients, seconds=seconds, warmup=WARMUP_S
+        )
         batching, version = server.batching(), server.version()
-    finally:
-        server.stop()
     summary = result.summary()
     return {
         "system": system,
@@ -299,7 +307,34 @@ def _label(system: str, instances: int, several: bool) -> str:
     return f"{system} x{instances}" if system == "triton-engine" and several else system
 
 
-def _triton_versions(triton: Path) -> dict[str, str]:
+def triton_problem(triton: Path) -> str:
+    """Why ``triton`` cannot serve the OCR models ("" when it can): no tritonserver there, or its
+    models' venv lacks what they import."""
+    if not os.access(triton / "bin" / "tritonserver", os.X_OK):
+        return f"no executable {triton / 'bin' / 'tritonserver'}"
+    sites = list((triton / "venv" / "lib").glob("python3*/site-packages"))
+    missing = [p for p in MODEL_PACKAGES if not any((site / p).is_dir() for site in sites)]
+    if missing:
+        return f"the models' venv {triton / 'venv'} lacks {', '.join(missing)}"
+    return ""
+
+
+def find_triton(explicit: Path | None) -> tuple[Path, str]:
+    """The Triton installation to use and "", or (when none is usable) the first candidate and
+    the text saying how to install one. ``explicit`` (--triton) is the only candidate when given,
+    else ``TRITON_CANDIDATES`` in order. Symbolic links are kept (for the hint)."""
+    candidates = [explicit] if explicit is not None else list(TRITON_CANDIDATES)
+    paths = [Path(os.path.abspath(c)) for c in candidates]
+    for path in paths:
+        if not triton_problem(path):
+            return path, ""
+    hint = _install_hint(paths[0])
+    if len(paths) > 1:
+        hint += "\nAlso looked in: " + "; ".join(f"{p} ({triton_problem(p)})" for p in paths[1:])
+    return paths[0], hint
+
+
+def triton_versions(triton: Path) -> dict[str, str]:
     python = triton / "venv" / "bin" / "python"
     packages = ("onnxruntime", "rapidocr-onnxruntime", "numpy", "opencv-python")
     code = f"import importlib.metadata as m\nfor p in {packages!r}:\n"
@@ -309,20 +344,30 @@ def _triton_versions(triton: Path) -> dict[str, str]:
 
 
 def _install_hint(triton: Path) -> str:
-    pins = []
+    problem = triton_problem(triton)
+    pins = ["numpy"]
     for package in ("onnxruntime", "rapidocr-onnxruntime"):
         try:
             pins.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
             pins.append(package)
-    lines = [
-        f"tritonserver is not installed in {triton} (no executable {triton / 'bin' / 'tritonserver'}).",
-        "Install it (CPU, Python backend, with a venv for the models; about a minute, 700 MB) with:",
-        "",
-        f"    bash {GET_TRITON} {triton} numpy {' '.join(pins)}",
-        "",
-        "or point --triton at an existing installation.",
-    ]
+    if problem.startswith("no executable"):
+        lines = [
+            f"tritonserver is not installed in {triton} ({problem}).",
+            "Install it (CPU, Python backend, with a venv for the models; about a minute, 700 MB) with:",
+            "",
+            f"    bash {GET_TRITON} {triton} {' '.join(pins)}",
+            "",
+            "or point --triton at an existing installation.",
+        ]
+    else:
+        lines = [
+            f"tritonserver in {triton} cannot serve the OCR models: {problem}. Add them with:",
+            "",
+            f"    {triton / 'venv' / 'bin' / 'pip'} install {' '.join(pins)}",
+            "",
+            "or point --triton at another installation.",
+        ]
     peers = ROOT / "benchmarks" / ".peers"
     if triton.is_relative_to(peers) and peers.is_symlink() and not peers.exists():
         lines.append(f"Note: {peers} is a broken symbolic link (to {os.readlink(peers)}); create its target first.")
@@ -356,7 +401,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per point (after 3 s warm-up)")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--triton", type=Path, default=DEFAULT_TRITON, help="where get-triton.sh installed Triton")
+    parser.add_argument("--triton", type=Path, help="where get-triton.sh installed Triton (default: see above)")
     parser.add_argument(
         "--engine-instances", default="2", help="instance counts of rapidocr_engine to compare, e.g. 1,2,4"
     )
@@ -372,9 +417,9 @@ def main() -> None:
     counts = [int(c) for c in args.engine_instances.split(",")]
     if not 0 < args.seconds <= 300 or args.rounds < 1 or min(clients) < 1 or min(counts) < 1:
         parser.error("need 0 < --seconds <= 300, --rounds >= 1, clients and instance counts >= 1")
-    triton = Path(os.path.abspath(args.triton))  # symbolic links kept, for the hint below
-    if any(s != "pipeserve" for s in systems) and not os.access(triton / "bin" / "tritonserver", os.X_OK):
-        print(_install_hint(triton), file=sys.stderr)
+    triton, hint = find_triton(args.triton)
+    if any(s != "pipeserve" for s in systems) and hint:
+        print(hint, file=sys.stderr)
         raise SystemExit(2)
 
     several = len(counts) > 1
@@ -436,7 +481,7 @@ def main() -> None:
     info: dict[str, str] = dict(machine())
     if any(s != "pipeserve" for s in systems):
         info.update(versions)
-        info.update(_triton_versions(triton))
+        info.update(triton_versions(triton))
     print(info)
     if checks:
         print("Texts against RapidOCR (each page once, before the first round):")

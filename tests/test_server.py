@@ -492,5 +492,9 @@ def test_the_models_of_one_server_share_the_cores(tmp_path: Path) -> None:
         assert {name: node.instances for name, node in nodes.items()} == {"a": 2, "b": 6}
         # 16 cores over 8 instances: 2 threads each, whichever model was built first.
         assert {name: node.cpu_threads for name, node in nodes.items()} == {"a": 2, "b": 2}
+        # ...and one elastic CPU budget (NOTE [elastic budget]): every instance has its slot.
+        pipes = [m.pipe for m in repository.ready_models()]
+        assert pipes[0].budget is pipes[1].budget is repository.budget
+        assert repository.budget.cores == 16 and repository.budget.statistics().slots == 8
     finally:
         repository.close(5)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import ConfigError, JsonLinesSink, Pipe, instance_count, pipe
+from .. import ConfigError, CpuBudget, JsonLinesSink, Pipe, instance_count, pipe, process_budget
 from .errors import ModelNotFound, ModelNotReady
 from .model import ServedModel
 
@@ -47,7 +47,8 @@ class Repository:
 
     Args:
         sources: configuration files, folders of them, or ``ocr``.
-        cpu_count: cores the models share (default: the machine's).
+        cpu_count: cores the models share (default: the machine's): one CPU budget for all of
+            them (NOTE [elastic budget]; the process's own without ``cpu_count``).
         drain_timeout: how long a replaced or unloaded model may take to finish its requests.
         trace_rate: the share of requests every model traces (None: each configuration's own).
         trace_file: a JSON-lines file every model's traces go to (None: the pipes' default,
@@ -67,6 +68,7 @@ class Repository:
         trace_file: str | None = None,
     ) -> None:
         self.cpu_count = cpu_count or os.cpu_count() or 1
+        self.budget = CpuBudget(cpu_count) if cpu_count else process_budget()
         self.drain_timeout = drain_timeout
         self.trace_rate = trace_rate
         # One sink for every model: their traces share a file, written under one lock.
@@ -190,7 +192,7 @@ class Repository:
 
     # ----------------------------------------------------------------- building
     def _build(self, name: str, source: Config, folder: Path | None) -> ServedModel:
-        built: Pipe = pipe(source, cpu_count=self._share(name, source))
+        built: Pipe = pipe(source, cpu_count=self._share(name, source), budget=self.budget)
         try:
             if self.trace_rate is not None:
                 built.trace_rate = self.trace_rate

@@ -175,39 +175,34 @@ class ClsPre(_Stage):
         item["result"] = _normalise(crop, resized, height, width)
 
 
-@ps.register_backend("OcrClsPost", replace=True)
-class ClsPost(_Stage):
-    """Classifier output -> the crop, turned 180 degrees when the classifier is sure."""
+@ps.register_backend("OcrRecPre", replace=True)
+class RecPre(ps.Backend):
+    """Classifier output and line crop -> the recogniser's input: the crop turned 180 degrees
+    when the classifier is sure, padded to its ``_rec_width`` (see _rec_widths). The batch's
+    directions are decoded in one call."""
 
     def init(self, params: Mapping[str, Any], options: ps.Options) -> None:
         super().init(params, options)
         self.post = ClsPostProcess(CLS_LABELS)
 
-    def apply(self, item: Item) -> None:
-        label, score = self.post(item["data"][None])[0]
-        crop = item["crop"]
-        if "180" in label and score > CLS_THRESH:
-            crop = cv2.rotate(crop, 1)
-        item["result"] = crop
-
-
-@ps.register_backend("OcrRecPre", replace=True)
-class RecPre(_Stage):
-    """A line crop -> the recogniser's input, padded to its ``_rec_width`` (see _rec_widths)."""
-
-    def apply(self, item: Item) -> None:
-        crop = item["data"]
+    def forward(self, items: list[Item]) -> None:
+        directions = self.post(np.stack([item["data"] for item in items]))
         height = REC_SHAPE[1]
-        ratio = crop.shape[1] / crop.shape[0]
-        padded = item["_rec_width"]
-        resized = min(padded, math.ceil(height * ratio))
-        item["result"] = _normalise(crop, resized, height, padded)
-        item["_sort_score"] = ratio
+        for item, (label, score) in zip(items, directions, strict=True):
+            crop = item.pop("crop")
+            if "180" in label and score > CLS_THRESH:
+                crop = cv2.rotate(crop, 1)
+            ratio = crop.shape[1] / crop.shape[0]
+            padded = item["_rec_width"]
+            resized = min(padded, math.ceil(height * ratio))
+            item["result"] = _normalise(crop, resized, height, padded)
+            item["_sort_score"] = ratio
 
 
 @ps.register_backend("OcrRecPost", replace=True)
-class RecPost(_Stage):
-    """Recogniser output -> ``{"text", "score"}`` (CTC decoding with the model's alphabet)."""
+class RecPost(ps.Backend):
+    """Recogniser output -> ``{"text", "score"}`` (CTC decoding with the model's alphabet), one
+    decoding call for the lines of a batch that have the same length."""
 
     def init(self, params: Mapping[str, Any], options: ps.Options) -> None:
         super().init(params, options)
@@ -217,9 +212,15 @@ class RecPost(_Stage):
         alphabet = session.get_modelmeta().custom_metadata_map["character"].splitlines()
         self.decode = CTCLabelDecode(character=alphabet)
 
-    def apply(self, item: Item) -> None:
-        text, score = self.decode(item["data"][None])[0][:2]
-        item["result"] = {"text": text, "score": float(score)}
+    def forward(self, items: list[Item]) -> None:
+        by_shape: dict[tuple[int, ...], list[Item]] = {}
+        for item in items:
+            by_shape.setdefault(item["data"].shape, []).append(item)
+        for same in by_shape.values():
+            decoded = self.decode(np.stack([item["data"] for item in same]))
+            for item, line in zip(same, decoded, strict=True):
+                text, score = line[:2]
+                item["result"] = {"text": text, "score": float(score)}
 
 
 @ps.register_backend("OcrFinish", replace=True)
