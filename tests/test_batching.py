@@ -121,3 +121,12 @@ def test_remove_if_and_drain() -> None:
     assert queue.size == 4
     assert sorted(t.item["data"] for t in queue.drain()) == [0, 1, 2, 3]
     assert queue.size == 0 and queue.oldest_enqueued() == float("inf")
+
+
+def test_the_queue_lets_go_of_the_tasks_it_released() -> None:
+    queue = _queue(*[_task(i, bucket=i % 2) for i in range(6)])
+    queue.take(0, 3)
+    queue.take(1, 1)
+    assert len(queue._arrivals) <= 5  # white-box: the arrival list drops taken tasks from its front
+    queue.take(1, 2)
+    assert queue.size == 0 and len(queue._arrivals) == 0

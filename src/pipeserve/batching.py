@@ -350,9 +350,20 @@ class BatchQueue:
         for task in batch:
             task.queued = False
         self.size -= len(batch)
+        self._forget_taken()
         if self._buckets:
             self._count_overtaken(batch)
         return batch
+
+    def _forget_taken(self) -> None:
+        """Drop taken tasks from the front of the arrival list (all of it once empty), so that
+        it never holds on to tasks, their items and requests, that left the queue."""
+        arrivals = self._arrivals
+        if not self.size:
+            arrivals.clear()
+            return
+        while arrivals and not arrivals[0].queued:
+            arrivals.popleft()
 
     def _count_overtaken(self, batch: list[Task]) -> None:
         births = sorted(task.birth for task in batch)
@@ -380,6 +391,7 @@ class BatchQueue:
         for task in removed:
             task.queued = False
         self.size -= len(removed)
+        self._forget_taken()
         return removed
 
     def drain(self) -> list[Task]:
