@@ -249,3 +249,22 @@ def test_a_traceparent_over_http_and_grpc_joins_the_callers_trace(served: tuple[
     assert len(joined) == 3 and all(r["parent_id"] == f"{CALLER.span_id:016x}" for r in joined)
     (own,) = [r for r in roots if r not in joined]
     assert own["parent_id"] is None
+
+
+def test_the_cpu_budget_shared_by_two_pipes_is_exported_once() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    budget = ps.CpuBudget(4)
+    with (
+        ps.pipe({"backend": "Identity", "instance_num": 2}, budget=budget) as first,
+        ps.pipe({"backend": "Identity"}, budget=budget) as second,
+    ):
+        a = pipeserve.metrics.register(first, model="a", registry=registry)
+        b = pipeserve.metrics.register(second, model="b", registry=registry)
+        found = samples(prometheus_client.generate_latest(registry).decode())
+        assert value(found, "pipeserve_cpu_budget_cores", budget="0") == 4
+        assert value(found, "pipeserve_cpu_budget_slots", budget="0") == 3
+        assert value(found, "pipeserve_cpu_budget_busy", budget="0") == 0
+        assert value(found, "pipeserve_cpu_budget_grants_total", budget="0") == 0
+        assert not any(key[0].startswith("pipeserve_cpu_budget") and ("budget", "1") in key[1] for key in found)
+        pipeserve.metrics.unregister(a)
+        pipeserve.metrics.unregister(b)

@@ -396,7 +396,26 @@ class PipeCollector:
             "pipeserve_instance_batches", "Batches an instance ran", labels=instance_labels
         )
 
+        budget_labels = ["budget"]
+        budget_cores = GaugeMetricFamily(
+            "pipeserve_cpu_budget_cores", "Cores the CPU budget divides", labels=budget_labels
+        )
+        budget_slots = GaugeMetricFamily(
+            "pipeserve_cpu_budget_slots", "Computing instances in the CPU budget", labels=budget_labels
+        )
+        budget_busy = GaugeMetricFamily(
+            "pipeserve_cpu_budget_busy", "Cores the running batches hold now", labels=budget_labels
+        )
+        budget_grants = CounterMetricFamily(
+            "pipeserve_cpu_budget_grants", "Thread grants to elastic calls", labels=budget_labels
+        )
+        budget_widened = CounterMetricFamily(
+            "pipeserve_cpu_budget_widened", "Grants above the fair share (idle cores taken)", labels=budget_labels
+        )
+        budgets: dict[int, Any] = {}
+
         for model in self._models():
+            budgets.setdefault(id(model.pipe.budget), model.pipe.budget)
             snap = model.tally.snapshot()
             statistics = model.pipe.statistics()  # one snapshot for Triton's figures and the nodes'
             counters = model_counters(model.name, model.pipe, snap, model.entry, statistics)
@@ -450,6 +469,15 @@ class PipeCollector:
         yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, latency, errors)
         yield from (arrived, items, batches, sizes, releases, inline, depth, running, queue_s, compute_s)
         yield from (failed, expired, rejected, cancelled, timed_out, abandoned, instances, busy, instance_batches)
+        for index, budget in enumerate(budgets.values()):  # NOTE [elastic budget]: usually the process's one
+            figures = budget.statistics()
+            label = [str(index)]
+            budget_cores.add_metric(label, figures.cores)
+            budget_slots.add_metric(label, figures.slots)
+            budget_busy.add_metric(label, figures.busy)
+            budget_grants.add_metric(label, figures.grants)
+            budget_widened.add_metric(label, figures.widened)
+        yield from (budget_cores, budget_slots, budget_busy, budget_grants, budget_widened)
 
 
 def _bound(value: float) -> str:
