@@ -106,7 +106,7 @@ def onnx_worker(clients: int, seconds: float) -> dict[str, Any]:
         # 1-client latency, paired: calls through the pipe alternate with session.run on the
         # backend's own session (1 instance x 2 threads), so drift hits both alike.
         with pipeserve.pipe({"backend": "Onnx", "model": path, "intra_op_threads": 2}) as pipe:
-            session = pipe._nodes["main"]._instances[0].backend.session  # white-box, for the pairing
+            session = pipe._nodes["main"].instances[0].backend.session  # white-box, for the pairing
             through, direct = [], []
             for _ in range(300):
                 start = time.perf_counter()

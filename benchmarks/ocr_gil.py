@@ -99,8 +99,10 @@ def main() -> None:
         walls, fractions = [], []
         for _ in range(args.repeats):
             walls.append(replay(name, seen[name], probe=False)[0])
+            before = probe_rate(0.3)  # the machine's speed drifts: the probe's own rate, next to it
             rate = replay(name, seen[name], probe=True)[1]
-            fractions.append(min(1.0, max(0.0, 2 * (1 - rate / alone))))
+            reference = (before + probe_rate(0.3)) / 2
+            fractions.append(min(1.0, max(0.0, 2 * (1 - rate / reference))))
         wall = statistics.median(walls) / len(pages)
         held = statistics.median(fractions)
         items = sum(len(batch) for batch in seen[name]) / len(pages)
