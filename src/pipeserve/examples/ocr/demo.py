@@ -92,7 +92,7 @@ def main(
         }
         for node in ("det", "cls", "rec")
     ]
-    out.write("How the models batched (text lines of different requests share cls and rec batches):\n")
+    out.write("How the models batched (lines of different requests share cls batches; rec reads a line a call):\n")
     out.write(format_table(batching) + "\n")
 
 
