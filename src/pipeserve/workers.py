@@ -359,8 +359,15 @@ class Workers:
         self._stopping.set()
         end = self._clock() + timeout
         for instance in self.instances:
-            if instance.thread is not None and instance.thread is not threading.current_thread():
-                instance.thread.join(max(0.0, end - self._clock()))
+            thread = instance.thread
+            if thread is None or thread is threading.current_thread():
+                continue
+            try:
+                thread.join(max(0.0, end - self._clock()))
+            except RuntimeError:
+                # A replacement's thread created but not started yet (the watchdog starts it
+                # outside the lock) has nothing to finish, and join() refuses it.
+                continue
         name = self.config.name
         for instance in self.instances:
             if instance.thread is not None and instance.thread.is_alive() and instance.current:
