@@ -114,3 +114,21 @@ def test_on_a_gpu_each_instance_has_its_own_stream_and_results_are_ready(make_pi
     for i, item in enumerate(items):
         assert item["result"].is_cuda
         torch.testing.assert_close(item["result"], expected[i : i + 1])
+
+
+def test_cpu_instances_are_elastic_unless_threads_are_set() -> None:
+    """NOTE [elastic budget]: each batch sets PyTorch's (process-wide) threads to the grant."""
+    config = {"backend": "TorchModule", "module": "tests.torch_models:make_mlp", "instance_num": 2}
+    before = torch.get_num_threads()
+    try:
+        with ps.pipe(config, budget=ps.CpuBudget(4)) as pipe:
+            backend = pipe._nodes["main"].instances[0].backend  # white-box: the hook itself
+            assert backend.max_threads() == 4
+            assert backend.use_threads(3) == 3 and torch.get_num_threads() == 3
+            pipe({"data": torch.ones(1, 8)})
+            assert pipe.budget.statistics().grants >= 1
+        with ps.pipe({**config, "torch_threads": 1}, budget=ps.CpuBudget(4)) as pipe:
+            backend = pipe._nodes["main"].instances[0].backend
+            assert backend.max_threads() == 1 and backend.use_threads(4) == 1
+    finally:
+        torch.set_num_threads(before)
