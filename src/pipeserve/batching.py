@@ -207,20 +207,18 @@ def decide(
         return Decision(max_batch, head, "full")
     bucket, size = queue.largest_bucket()
     if size >= max_batch:
-        # A full batch of another bucket goes ahead of the head's few while that leaves no item
-        # overtaken by more than the limit; past it, the head goes first.
-        if overtake_limit is None or queue.overtakes(bucket, max_batch) <= overtake_limit:
+        # A full batch of another bucket goes ahead of the head's few (which this instance may
+        # not even take) while that leaves no item overtaken by more than the limit; past it,
+        # the head goes first.
+        if head_size < min_batch or overtake_limit is None or queue.overtakes(bucket, max_batch) <= overtake_limit:
             return Decision(max_batch, bucket, "full")
-        if head_size >= min_batch:
-            return Decision(head_size, head, "fair")
+        return Decision(head_size, head, "fair")
     if head_size < min_batch:
         # This instance cannot take the head's few; the largest bucket goes instead once nothing
         # can come or the window (from the oldest item) has closed. Otherwise another (smaller)
         # group, or more items, must come.
         if size < min_batch:
             return WAIT_FOR_CHANGE
-        if size >= max_batch:
-            return Decision(max_batch, bucket, "full")
         if upstream <= 0:
             return Decision(min(size, max_batch), bucket, "nothing_coming")
         waited = now - queue.oldest_enqueued()
@@ -244,7 +242,7 @@ class BatchQueue:
 
     def __init__(self) -> None:
         self._buckets: dict[Hashable, list[Task]] = {}
-        self._arrivals: deque[Task] = deque()  # push order; taken tasks are skipped lazily
+        self._arrivals: deque[Task] = deque()  # push order; its first task is always queued
         self._prioritised = False  # becomes True once any item carries a priority
         self._seq = 0
         self.size = 0
@@ -309,10 +307,7 @@ class BatchQueue:
 
     def oldest_enqueued(self) -> float:
         """The arrival time of the item queued longest (inf when empty)."""
-        arrivals = self._arrivals
-        while arrivals and not arrivals[0].queued:
-            arrivals.popleft()
-        return arrivals[0].enqueued if arrivals else float("inf")
+        return self._arrivals[0].enqueued if self._arrivals else float("inf")
 
     def overtakes(self, bucket: Hashable, count: int) -> int:
         """How far releasing the first ``count`` items of ``bucket`` now would leave the most
@@ -321,23 +316,26 @@ class BatchQueue:
         queue = self._buckets.get(bucket)
         if not queue:
             return 0
-        births = sorted(task.birth for task in queue[:count])
-        worst = 0
-        for other, tasks in self._buckets.items():
-            if other == bucket:
+        return max((t.overtaken + later for t, later in self._overtaken_by(queue[:count], bucket)), default=0)
+
+    def _overtaken_by(self, batch: list[Task], bucket: Hashable) -> Iterator[tuple[Task, int]]:
+        """Each queued item outside ``bucket`` (a private sentinel: every bucket) older than
+        some of ``batch``, with how many of ``batch`` are younger than it."""
+        births = sorted(task.birth for task in batch)
+        youngest = births[-1]
+        for key, tasks in self._buckets.items():
+            if key == bucket:
                 continue
             for task in tasks:
-                if task.birth >= births[-1]:
+                if task.birth >= youngest:
                     if self._prioritised:
                         continue
                     break  # the rest of this bucket is younger still
-                later = len(births) - bisect.bisect_right(births, task.birth)
-                worst = max(worst, task.overtaken + later)
-        return worst
+                yield task, len(births) - bisect.bisect_right(births, task.birth)
 
     def take(self, bucket: Hashable, count: int) -> list[Task]:
         """Remove and return the ``count`` most urgent items of ``bucket`` (fewer if it holds
-        fewer); the items of other buckets that they overtake count it (NOTE [fair order])."""
+        fewer); the queued items they overtake count it (NOTE [fair order])."""
         queue = self._buckets.get(bucket)
         if not queue:
             return []
@@ -351,8 +349,8 @@ class BatchQueue:
             task.queued = False
         self.size -= len(batch)
         self._forget_taken()
-        if self._buckets:
-            self._count_overtaken(batch)
+        for task, later in self._overtaken_by(batch, _NO_BUCKET):
+            task.overtaken += later
         return batch
 
     def _forget_taken(self) -> None:
@@ -364,17 +362,6 @@ class BatchQueue:
             return
         while arrivals and not arrivals[0].queued:
             arrivals.popleft()
-
-    def _count_overtaken(self, batch: list[Task]) -> None:
-        births = sorted(task.birth for task in batch)
-        youngest = births[-1]
-        for tasks in self._buckets.values():
-            for task in tasks:
-                if task.birth >= youngest:
-                    if self._prioritised:
-                        continue
-                    break
-                task.overtaken += len(births) - bisect.bisect_right(births, task.birth)
 
     def remove_if(self, predicate: Callable[[Task], bool]) -> list[Task]:
         """Remove and return every task for which ``predicate`` is true."""
