@@ -55,7 +55,8 @@ class CpuSlot:
 
     Attributes:
         weight: the cores one of its batches keeps busy when not elastic (1; 0 never joins).
-        most: the most threads one of its calls can use (above 1: elastic).
+        most: the most threads one of its calls can use (above 1: elastic, its calls ask for a
+            grant).
         busy: the cores its current batch keeps busy (0 between batches); written by its owner.
     """
 
@@ -66,11 +67,6 @@ class CpuSlot:
         self.weight = weight
         self.most = most
         self.busy = 0
-
-    @property
-    def elastic(self) -> bool:
-        """Whether its calls ask for a grant (it can use more than one thread)."""
-        return self.most > 1
 
     def leave(self) -> None:
         """Leave the budget (idempotent)."""

@@ -293,6 +293,30 @@ def model_counters(
     )
 
 
+# The CPU budget's families (NOTE [elastic budget]): name, gauge or counter, help, the field of
+# BudgetStatistics it shows.
+_BUDGET_FAMILIES = (
+    ("pipeserve_cpu_budget_cores", "gauge", "Cores the CPU budget divides", "cores"),
+    ("pipeserve_cpu_budget_slots", "gauge", "Computing instances in the CPU budget", "slots"),
+    ("pipeserve_cpu_budget_busy", "gauge", "Cores the running batches hold now", "busy"),
+    ("pipeserve_cpu_budget_grants", "counter", "Thread grants to elastic calls", "grants"),
+    ("pipeserve_cpu_budget_widened", "counter", "Grants above the fair share (idle cores taken)", "widened"),
+)
+
+
+def _budget_families(budgets: Iterable[Any], gauge: Any, counter: Any) -> list[Any]:
+    """The budget families, one sample per budget (labelled ``0``, ``1``... in the order given;
+    usually the process's one)."""
+    families = [
+        (gauge if kind == "gauge" else counter)(name, doc, labels=["budget"]) for name, kind, doc, _ in _BUDGET_FAMILIES
+    ]
+    for index, budget in enumerate(budgets):
+        figures = budget.statistics()
+        for family, (_, _, _, field) in zip(families, _BUDGET_FAMILIES, strict=True):
+            family.add_metric([str(index)], getattr(figures, field))
+    return families
+
+
 @dataclass(frozen=True)
 class WatchedModel:
     """A model whose metrics a :class:`PipeCollector` exports.
@@ -396,22 +420,6 @@ class PipeCollector:
             "pipeserve_instance_batches", "Batches an instance ran", labels=instance_labels
         )
 
-        budget_labels = ["budget"]
-        budget_cores = GaugeMetricFamily(
-            "pipeserve_cpu_budget_cores", "Cores the CPU budget divides", labels=budget_labels
-        )
-        budget_slots = GaugeMetricFamily(
-            "pipeserve_cpu_budget_slots", "Computing instances in the CPU budget", labels=budget_labels
-        )
-        budget_busy = GaugeMetricFamily(
-            "pipeserve_cpu_budget_busy", "Cores the running batches hold now", labels=budget_labels
-        )
-        budget_grants = CounterMetricFamily(
-            "pipeserve_cpu_budget_grants", "Thread grants to elastic calls", labels=budget_labels
-        )
-        budget_widened = CounterMetricFamily(
-            "pipeserve_cpu_budget_widened", "Grants above the fair share (idle cores taken)", labels=budget_labels
-        )
         budgets: dict[int, Any] = {}
 
         for model in self._models():
@@ -469,15 +477,7 @@ class PipeCollector:
         yield from (success, failure, count, executions, request_us, queue_us, compute_us, pending, latency, errors)
         yield from (arrived, items, batches, sizes, releases, inline, depth, running, queue_s, compute_s)
         yield from (failed, expired, rejected, cancelled, timed_out, abandoned, instances, busy, instance_batches)
-        for index, budget in enumerate(budgets.values()):  # NOTE [elastic budget]: usually the process's one
-            figures = budget.statistics()
-            label = [str(index)]
-            budget_cores.add_metric(label, figures.cores)
-            budget_slots.add_metric(label, figures.slots)
-            budget_busy.add_metric(label, figures.busy)
-            budget_grants.add_metric(label, figures.grants)
-            budget_widened.add_metric(label, figures.widened)
-        yield from (budget_cores, budget_slots, budget_busy, budget_grants, budget_widened)
+        yield from _budget_families(budgets.values(), GaugeMetricFamily, CounterMetricFamily)
 
 
 def _bound(value: float) -> str:

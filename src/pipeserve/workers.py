@@ -162,8 +162,7 @@ class Workers:
         weight = int(getattr(backend, "cpu_weight", 1))
         if self.budget is None or weight <= 0:
             return
-        most = max(1, min(int(backend.max_threads()), self.budget.cores))
-        instance.cpu = self.budget.join(weight, most)
+        instance.cpu = self.budget.join(weight, min(int(backend.max_threads()), self.budget.cores))
 
     # ----------------------------------------------------------------- serving
     def _run(self, instance: Instance, ready: threading.Barrier, errors: list[BaseException]) -> None:
