@@ -183,13 +183,11 @@ def run_closed_loop(
             sent = time.perf_counter()
             if sent >= end:
                 break
-            try:
-                call(make_item(sequence))
-                ok = True
-            except Exception as exc:  # noqa: BLE001 - counted, reported in the summary
-                ok = False
+            error = _attempt(call, make_item(sequence))
+            ok = not error
+            if error:
                 errors += 1
-                first_error = first_error or f"{type(exc).__name__}: {exc}"
+                first_error = first_error or error
             done = time.perf_counter()
             sequence += clients
             if begin <= done <= end:  # completions inside the window, whenever they were sent
@@ -210,14 +208,27 @@ def run_closed_loop(
     timing["begin"] = now + warmup
     timing["end"] = now + warmup + seconds
     start_barrier.wait()
-    bar = _Progress(progress, warmup + seconds, label)
+    _follow(threads, _Progress(progress, warmup + seconds, label), now, lambda: counter[0])
+    result.seconds = seconds
+    return result
+
+
+def _attempt(call: Callable[[Item], Any], item: Item) -> str:
+    """Make one call: "" when it succeeded, else its error as the summary reports it."""
+    try:
+        call(item)
+    except Exception as exc:  # noqa: BLE001 - counted, reported in the summary
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _follow(threads: Sequence[threading.Thread], bar: _Progress, start: float, done: Callable[[], int]) -> None:
+    """Wait for the client threads, updating the progress bar with ``done()`` meanwhile."""
     for thread in threads:
         while thread.is_alive():
             thread.join(0.1)
-            bar.update(time.perf_counter() - now, counter[0])
+            bar.update(time.perf_counter() - start, done())
     bar.finish()
-    result.seconds = seconds
-    return result
 
 
 def _closed_loop_count(
@@ -263,13 +274,11 @@ def _closed_loop_count(
                     break
                 issued[0] += 1
             sent = time.perf_counter()
-            try:
-                call(make_item(ticket))
-                ok = True
-            except Exception as exc:  # noqa: BLE001 - counted, reported in the summary
-                ok = False
+            error = _attempt(call, make_item(ticket))
+            ok = not error
+            if error:
                 errors += 1
-                first_error = first_error or f"{type(exc).__name__}: {exc}"
+                first_error = first_error or error
             done = time.perf_counter()
             sent_at.append(sent)
             if ok:
@@ -291,12 +300,7 @@ def _closed_loop_count(
     now = time.perf_counter()
     timing["warm_end"] = now + warmup
     start_barrier.wait()
-    bar = _Progress(progress, 0.0, label, requests)
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.1)
-            bar.update(time.perf_counter() - now, done_count[0])
-    bar.finish()
+    _follow(threads, _Progress(progress, 0.0, label, requests), now, lambda: done_count[0])
     begin = min(first for first, _ in spans)
     result.seconds = max(last for _, last in spans) - begin
     result.completions = [moment - begin for moment in result.completions]
