@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import document_pages, emit, machine, run_worker
+from pipeserve.budget import machine_cores
 
 PARTS = ("mechanisms", "threads", "scaling", "rec-batch", "torch", "pipeline")
 MODELS = {
@@ -180,12 +181,6 @@ def pipeline_worker(elastic: str) -> dict[str, Any]:
         "widened": budget.widened,
         "grants": budget.grants,
     }
-
-
-def machine_cores() -> int:
-    from pipeserve.budget import machine_cores as cores
-
-    return cores()
 
 
 def main() -> None:
