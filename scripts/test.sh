@@ -2,7 +2,7 @@
 # The tests: sets everything up on a fresh machine, then runs lint, type checks and the suite.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$root/scripts/setup.sh" dev,ocr,serve
+bash "$root/scripts/setup.sh" dev,ocr,serve,ray
 # PyTorch: 2.13.0 is the CPU build these machines install from a local file (any other spec
 # would pull GBs of CUDA packages); the torch tests skip cleanly where it is absent.
 "$root/.venv/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" \

@@ -143,8 +143,21 @@ def _report(args: argparse.Namespace, name: str, target: str, results: list[Load
             print(f"wrote {path}", file=sys.stderr)
 
 
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(",")
+    try:
+        return int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two whole numbers), got {text!r}") from None
+
+
 def serve(args: argparse.Namespace) -> int:
     import logging
+
+    if args.ray:
+        from .ray.service import serve_on_ray
+
+        return serve_on_ray(args)
 
     from .server import Server
 
@@ -230,6 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     served.add_argument(
         "--trace-file", default=None, help="JSON-lines file for traces (default: OpenTelemetry if set up)"
     )
+    on_ray = served.add_argument_group("on Ray Serve (HTTP at Ray's proxy; see docs/scaling.md)")
+    on_ray.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas instead of this process")
+    on_ray.add_argument("--address", default=None, help="the Ray cluster to join (default: start a local one)")
+    scaling = on_ray.add_mutually_exclusive_group()
+    scaling.add_argument("--replicas", type=int, default=1, help="ingress replicas (default: 1)")
+    scaling.add_argument(
+        "--autoscale", type=_range, default=None, metavar="MIN,MAX", help="ingress replicas between MIN and MAX"
+    )
+    on_ray.add_argument("--num-cpus", type=float, default=None, help="CPUs per ingress replica (default: a share)")
+    on_ray.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per ingress replica")
+    on_ray.add_argument("--app-name", default="pipeserve", help="the Serve application's name")
+    on_ray.add_argument("--route-prefix", default="/", help="where the application's HTTP paths start")
 
     load = commands.add_parser("bench", help="load-test a pipeline configuration")
     load.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline (with --url: a model name)")

@@ -52,7 +52,42 @@ __all__ = [
 
 
 class PipeServeError(Exception):
-    """Root of every exception pipeserve raises."""
+    """Root of every exception pipeserve raises.
+
+    Every one pickles as itself, location and cause included (a cause that cannot be pickled
+    travels as a RuntimeError describing it): errors cross processes (process instances, Ray
+    replicas) without turning into something else.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default rebuilds by calling ``__init__`` with ``args``, which keyword-only
+        # locations and BackendError's cause do not survive.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__), _portable(self.__cause__)))
+
+
+def _rebuild(
+    cls: type[PipeServeError], args: tuple[object, ...], state: dict[str, object], cause: BaseException | None
+) -> PipeServeError:
+    # Without ``__init__``; the timeouts derive from TimeoutError, whose layout is OSError's.
+    base: type[BaseException] = OSError if issubclass(cls, OSError) else Exception
+    error = base.__new__(cls, *args)
+    BaseException.__init__(error, *args)
+    error.__dict__.update(state)
+    error.__cause__ = cause
+    return error
+
+
+def _portable(cause: BaseException | None) -> BaseException | None:
+    """``cause`` if it pickles, else a RuntimeError that describes it."""
+    if cause is None:
+        return None
+    import pickle
+
+    try:
+        pickle.dumps(cause)
+    except Exception:  # noqa: BLE001 - anything unpicklable travels as its description
+        return RuntimeError(f"{type(cause).__name__}: {cause}")
+    return cause
 
 
 class ConfigError(PipeServeError, ValueError):

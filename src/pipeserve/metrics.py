@@ -39,6 +39,7 @@ __all__ = [
     "BATCH_BUCKETS",
     "LATENCY_BUCKETS",
     "PipeCollector",
+    "TRITON_COUNTERS",
     "RequestTally",
     "TallySnapshot",
     "WatchedModel",

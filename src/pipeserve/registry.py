@@ -67,6 +67,7 @@ _LAZY_OPTIONAL = {
     "Torch": ("pipeserve.backends.torch:Torch", "torch"),
     "SyncTensor": ("pipeserve.backends.torch:Torch", "torch"),
     "Remote": ("pipeserve.backends.remote:Remote", "serve"),
+    "RayHop": ("pipeserve.ray.hop:RayHop", "ray"),
 }
 for _name, (_target, _extra) in _LAZY_OPTIONAL.items():
     _backends[_name] = _Lazy(_target, _extra)

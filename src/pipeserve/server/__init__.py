@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from .errors import BodyTooLarge, ModelNotFound, ModelNotReady, Status, Unsupported, status_of
 from .http import HttpApp
-from .repository import ModelState, Repository
+from .repository import ModelState, Repository, model_sources
 from .runner import Server
 from .state import ServerState
 
@@ -35,6 +35,7 @@ __all__ = [
     "Status",
     "Unsupported",
     "app",
+    "model_sources",
     "status_of",
 ]
 

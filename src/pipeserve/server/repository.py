@@ -28,7 +28,7 @@ from .. import ConfigError, CpuBudget, JsonLinesSink, Pipe, instance_count, pipe
 from .errors import ModelNotFound, ModelNotReady
 from .model import ServedModel
 
-__all__ = ["ModelState", "Repository"]
+__all__ = ["ModelState", "Repository", "model_sources"]
 
 Config = str | os.PathLike[str] | Mapping[str, Any]
 
@@ -47,6 +47,8 @@ class Repository:
 
     Args:
         sources: configuration files, folders of them, or ``ocr``.
+        configs: more models, by name, given as configurations (dicts; warm-up files named in
+            them must be absolute paths).
         cpu_count: cores the models share (default: the machine's): one CPU budget for all of
             them (NOTE [elastic budget]; the process's own without ``cpu_count``).
         drain_timeout: how long a replaced or unloaded model may take to finish its requests.
@@ -62,6 +64,7 @@ class Repository:
         self,
         sources: Sequence[str],
         *,
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
         cpu_count: int | None = None,
         drain_timeout: float = 30.0,
         trace_rate: float | None = None,
@@ -73,12 +76,11 @@ class Repository:
         self.trace_rate = trace_rate
         # One sink for every model: their traces share a file, written under one lock.
         self.trace_sink = JsonLinesSink(trace_file) if trace_file is not None else None
-        self._configs: dict[str, tuple[Config, Path | None]] = {}
-        for source in sources:
-            for name, config, folder in _expand(source):
-                if name in self._configs:
-                    raise ConfigError(f"two models are named {name!r} (the second from {source!r})")
-                self._configs[name] = (config, folder)
+        self._configs: dict[str, tuple[Config, Path | None]] = model_sources(sources)
+        for name, config in (configs or {}).items():
+            if name in self._configs:
+                raise ConfigError(f"two models are named {name!r}")
+            self._configs[name] = (dict(config), None)
         self._models: dict[str, ServedModel] = {}
         self._states: dict[str, ModelState] = {}
         self._instances: dict[str, int] = {name: instance_count(config) for name, (config, _) in self._configs.items()}
@@ -216,6 +218,22 @@ class Repository:
             others = sum(self._instances.get(n, 0) for n in sharing)
         # A model of Remote nodes only computes nothing here: one core is plenty for its Python.
         return max(1, mine, self.cpu_count * mine // max(1, mine + others))
+
+
+def model_sources(sources: Sequence[str]) -> dict[str, tuple[Config, Path | None]]:
+    """The models ``sources`` name (see :class:`Repository`), by name: each one's configuration
+    (a file's path, or a dict) and the folder its relative paths start from (None for a dict).
+
+    Raises:
+        ConfigError: a source that does not exist, or two models of one name.
+    """
+    found: dict[str, tuple[Config, Path | None]] = {}
+    for source in sources:
+        for name, config, folder in _expand(source):
+            if name in found:
+                raise ConfigError(f"two models are named {name!r} (the second from {source!r})")
+            found[name] = (config, folder)
+    return found
 
 
 def _expand(source: str) -> list[tuple[str, Config, Path | None]]:
