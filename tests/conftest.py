@@ -129,39 +129,3 @@ def occupy(
     future = pipe.submit(item if item is not None else {"data": "first"})
     assert rec.entered.acquire(timeout=10), "the first item never reached the backend"
     return future, until_queued
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[dict[str, Any]]:
-    """One local Ray cluster (2 CPUs) with Serve's HTTP proxy for the whole session, every server
-    of it on loopback; skipped where Ray Serve is not installed."""
-    import logging
-    import os
-    import socket
-
-    pytest.importorskip("ray.serve")
-    import ray
-    from ray import serve
-
-    # Without this, Ray turns 127.0.0.1 into the machine's routable address and listens everywhere.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            logging_config={"enable_access_log": False, "log_level": "WARNING"},
-        )
-        yield {"port": port, "address": ray.get_runtime_context().gcs_address}
-    finally:
-        serve.shutdown()
-        ray.shutdown()

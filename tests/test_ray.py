@@ -5,7 +5,10 @@ local cluster shared by the session (the ``ray_cluster`` fixture)."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -100,6 +103,35 @@ def _settled_count(port: int) -> float:
         last = total
         time.sleep(0.5)
     raise AssertionError(f"the figures never settled: {last}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """The session's one local Ray cluster (2 CPUs) with Serve's HTTP proxy, every server of it on
+    loopback; shut down once this module is done, so that it takes no CPU from the tests after."""
+
+    # Without this, Ray turns 127.0.0.1 into the machine's routable address and listens everywhere.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},
+        )
+        yield {"port": port, "address": ray.get_runtime_context().gcs_address}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 # ----------------------------------------------------------------------------------- a tensor model

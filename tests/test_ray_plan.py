@@ -31,7 +31,7 @@ def _ocr_like() -> dict[str, Any]:
 
 
 def test_deployed_nodes_become_hops_that_keep_their_place_in_the_graph() -> None:
-    plan = plan_app({"ocr": _ocr_like()}, cpus=2.0)
+    plan = plan_app({"ocr": _ocr_like()}, cpus=2.0, fit_instances=False)
     ingress = plan.ingress.models["ocr"]
     det, rec = ingress["det"], ingress["rec"]
     assert det["backend"] == rec["backend"] == "RayHop"
@@ -53,7 +53,7 @@ def test_deployed_nodes_become_hops_that_keep_their_place_in_the_graph() -> None
 
 
 def test_cpus_are_shared_in_proportion_to_computing_instances() -> None:
-    plan = plan_app({"ocr": _ocr_like()}, cpus=2.0)
+    plan = plan_app({"ocr": _ocr_like()}, cpus=2.0, fit_instances=False)
     parts = {part.name: part for part in plan.parts}
     # Computing instances per replica: ingress 2 + 1 (hops compute nothing), det 2, rec 3 (x2 replicas).
     per_instance = 2.0 / (3 + 2 + 3 * 2)
@@ -63,17 +63,36 @@ def test_cpus_are_shared_in_proportion_to_computing_instances() -> None:
     total = sum((d.num_cpus or 0) * d.replicas for d in plan.deployments)
     assert total <= 2.0
     # Fixed shares are taken first; every pipe's budget is its share in whole cores, at least 1.
-    fixed = plan_app({"ocr": _ocr_like()}, cpus=4.0, num_cpus=2.0)
+    fixed = plan_app({"ocr": _ocr_like()}, cpus=4.0, num_cpus=2.0, fit_instances=False)
     assert fixed.ingress.num_cpus == 2.0 and fixed.ingress.cores == 2
     assert all(p.cores >= 1 for p in fixed.parts)
     assert sum((p.num_cpus or 0) * p.replicas for p in fixed.parts) <= 2.0
 
 
+def test_replicas_without_gpus_run_at_most_one_instance_per_core() -> None:
+    config = {**_ocr_like(), "post": {"backend": "Identity", "instance_num": 4, "next": "rec"}}
+    one = plan_app({"ocr": config}, cpus=4.0, num_cpus=2.0)
+    ingress = one.ingress.models["ocr"]
+    assert ingress["prepare"]["instance_num"] == 2 and ingress["post"]["instance_num"] == 2
+    assert one.ingress.fitted == ("ocr.post: 4 -> 2 instances",)
+    parts = {part.name: part for part in one.parts}
+    # rec: 3 instances on a GPU replica stay 3; det's 2 on its one-core share become 1, and its
+    # hop is sized from what runs.
+    assert parts["rec"].models["ocr"]["rec"]["instance_num"] == 3 and parts["rec"].fitted == ()
+    assert parts["det"].cores == 1 and parts["det"].models["ocr"]["det"]["instance_num"] == 1
+    assert ingress["det"]["instance_num"] == 2 * 1 * 1 and ingress["rec"]["instance_num"] == 2 * 3 * 2
+    # Two one-core replicas of a two-instance node run what one two-core replica runs.
+    two = plan_app({"m": {"backend": "Identity", "instance_num": 2}}, replicas=2, cpus=2.0)
+    assert two.ingress.cores == 1 and two.ingress.models["m"]["main"]["instance_num"] == 1
+    kept = plan_app({"m": {"backend": "Identity", "instance_num": 2}}, replicas=2, cpus=2.0, fit_instances=False)
+    assert kept.ingress.models["m"]["main"]["instance_num"] == 2
+
+
 def test_autoscaling_ranges_and_batch_capacity() -> None:
-    plan = plan_app({"m": {"backend": "Identity", "max": 8, "instance_num": 3}}, autoscale=(1, 4))
+    plan = plan_app({"m": {"backend": "Identity", "max": 8, "instance_num": 3}}, autoscale=(1, 4), num_cpus=3)
     assert plan.ingress.autoscale == (1, 4) and plan.ingress.replicas == 1 and plan.ingress.most_replicas == 4
     assert plan.ingress.max_ongoing_requests == 2 * 8 * 3
-    assert plan.ingress.num_cpus == 1.0  # no cluster figure: one CPU per replica
+    assert plan_app({"m": {}}).ingress.num_cpus == 1.0  # no cluster figure: one CPU per replica
     assert capacity({"a": {"max": "4&8", "instance_num": "1&2"}, "b": {"max": 2}}) == 4 + 16
     assert plan_app({"m": {"backend": "Identity"}}, max_ongoing_requests=5).ingress.max_ongoing_requests == 5
 

@@ -105,6 +105,7 @@ def plan(
     num_gpus: float = 0.0,
     max_ongoing_requests: int | None = None,
     cpus: float | None = None,
+    fit_instances: bool = True,
 ) -> AppPlan:
     """The deployments :func:`app` would create (see :func:`pipeserve.ray.plan.plan_app`);
     ``cpus`` None: the CPUs the connected cluster has free now, if Ray is initialised."""
@@ -125,6 +126,7 @@ def plan(
         num_gpus=num_gpus,
         max_ongoing_requests=max_ongoing_requests,
         cpus=cpus,
+        fit_instances=fit_instances,
     )
 
 
@@ -139,6 +141,7 @@ def app(
     num_gpus: float = 0.0,
     max_ongoing_requests: int | None = None,
     cpus: float | None = None,
+    fit_instances: bool = True,
     timeout: float | None = None,
     metrics: bool | None = None,
     metrics_interval: float = 1.0,
@@ -154,6 +157,8 @@ def app(
             NOTE [ray plan]); the replica's pipes get ``num_cpus`` whole cores as their budget.
         max_ongoing_requests: per ingress replica (None: twice its largest batch capacity).
         cpus: logical CPUs the application may take (None: those free on the cluster now).
+        fit_instances: in replicas without GPUs, run at most as many instances of a computing
+            node as the replica has cores (NOTE [ray plan]).
         timeout: the default request deadline in seconds.
         metrics: serve the merged ``/metrics`` (None: when prometheus-client is installed).
         metrics_interval: seconds between each replica's reports (NOTE [replica metrics]).
@@ -178,6 +183,7 @@ def app(
         num_gpus=num_gpus,
         max_ongoing_requests=max_ongoing_requests,
         cpus=cpus,
+        fit_instances=fit_instances,
     )
     options = {
         "timeout": timeout,

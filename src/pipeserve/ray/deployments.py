@@ -160,6 +160,8 @@ class PipeIngress:
         self.board = board
         _loopback_if_local()
         hop.connect(link, parts)
+        for fitted in plan.fitted:
+            log.info("pipeserve: %s (the replica's %d cores)", fitted, plan.cores)
         # Built off the event loop: a hop's start waits (blocking) for its part to answer.
         self.repository = await asyncio.to_thread(self._load)
         self.state = ServerState(self.repository, timeout=self.options.get("timeout"))
@@ -330,9 +332,10 @@ class PipePart:
         self.options = dict(options)
         self.replica = _replica_id()
         _loopback_if_local()
+        for fitted in plan.fitted:
+            log.info("pipeserve: %s (the replica's %d cores)", fitted, plan.cores)
         ((self.model, config),) = plan.models.items()
         self.pipe = await asyncio.to_thread(ps.pipe, dict(config), budget=ps.CpuBudget(plan.cores))
-        self.several = len(self.pipe.entries) > 1
         self.registry = None
         self.reporter = None
         if self.options.get("metrics") is not False:
@@ -348,15 +351,17 @@ class PipePart:
         """The node's batch range, as its hops must batch."""
         return {"min": self.pipe.min(node), "max": self.pipe.max(node)}
 
-    async def run(self, node: str, items: list[dict[str, Any]], remaining: float | None) -> list[Reply]:
-        """Run node ``node`` on ``items`` within ``remaining`` seconds; each item's changes, or
-        its error."""
-        if self.several:
-            for item in items:
-                item["node_name"] = node
+    async def run(
+        self, node: str, items: list[dict[str, Any]], remaining: float | None, traceparent: str | None = None
+    ) -> list[Reply]:
+        """Run node ``node`` on ``items`` within ``remaining`` seconds (the trace of the
+        hop's batch continues here when ``traceparent`` names it); each item's changes, or its
+        error."""
+        for item in items:
+            item["node_name"] = node  # this part's entry (an ingress's own choice is not ours)
         before = [dict(item) for item in items]
         try:
-            futures = self.pipe.submit_many(items, timeout=remaining)
+            futures = self.pipe.submit_many(items, timeout=remaining, trace=traceparent)
         except PipeServeError as exc:
             return [exc] * len(items)
         await _settle(futures)
@@ -417,7 +422,14 @@ def build(plan: AppPlan, options: Mapping[str, Any]) -> Any:
     interval = float(options.get("metrics_interval", 1.0))
     board = (
         serve.deployment(MetricsBoard)
-        .options(name=BOARD, num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+        .options(
+            name=BOARD,
+            num_replicas=1,
+            max_ongoing_requests=1000,
+            ray_actor_options={"num_cpus": 0},
+            # Every replica reports each interval: not worth a log line each.
+            logging_config={"enable_access_log": False},
+        )
         .bind(max(10.0, 3 * interval))
     )
     parts = {

@@ -4,8 +4,9 @@ keys; users never configure it by hand.
 
 NOTE [ray hops]
 A batch the hop node forms leaves as one call to a replica of the part (``run``), with the
-items as they are (but their caller-local keys) and the seconds left before the batch's earliest
-deadline; the part's pipe runs the original node on them, batching them with other callers', and
+items as they are (but their caller-local keys), the seconds left before the batch's earliest
+deadline and the batch's ``traceparent`` when it is traced (the part's spans join the trace); the
+part's pipe runs the original node on them, batching them with other callers', and
 answers with each item's changes or its error, which the hop applies or fails that item with
 (the others succeed). The hop waits at most the time left (plus a grace for the answer to
 travel): past it the batch fails with RequestTimeout. A replica that dies or is unreachable
@@ -128,12 +129,15 @@ class RayHop(Backend):
                 late = f"node {self.options.node!r}: the deadline passed before deployment {self.deployment!r} answered"
                 raise fail_all(RequestTimeout(late, node=self.options.node))
             attempt += 1
-            response = self.handle.run.remote(self.target, payload, left)
+            response = self.handle.run.remote(self.target, payload, left, self.options.traceparent())
             try:
                 replies: list[Any] = response.result(timeout_s=NO_DEADLINE_WAIT if left is None else left + GRACE)
             except TimeoutError:
                 response.cancel()
-                raise fail_all(self._error("did not answer in time")) from None
+                if left is None:
+                    raise fail_all(self._error(f"did not answer within {NO_DEADLINE_WAIT:.0f} s")) from None
+                late = f"node {self.options.node!r}: deployment {self.deployment!r} did not answer before the deadline"
+                raise fail_all(RequestTimeout(late, node=self.options.node)) from None
             except self.retryable as exc:
                 left = None if end is None else end - time.monotonic()
                 if (left is not None and left <= delay) or (left is None and attempt >= self.retries):

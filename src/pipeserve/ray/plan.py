@@ -22,6 +22,10 @@ Sizes follow from the configuration:
 * the CPUs of the application are shared in proportion to the computing instances each replica
   runs, unless a deployment sets ``num_cpus``; each replica's pipe gets its share, rounded to
   whole cores (at least one), as its CPU budget.
+* in a replica without GPUs, a computing node runs at most as many instances as the replica has
+  cores: the configuration was written for a machine, the replica gets a share of it, and
+  instances beyond the cores only take turns (two replicas of one core each then run what one
+  replica of two cores runs, and never twice as many threads).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class DeploymentPlan:
         num_gpus: GPUs per replica.
         weight: computing instances per replica (how CPUs are shared).
         max_ongoing_requests: calls a replica takes at once.
+        fitted: the instance counts capped at the replica's cores, as ``model.node: N -> M``.
     """
 
     name: str
@@ -70,6 +75,7 @@ class DeploymentPlan:
     num_gpus: float
     weight: int
     max_ongoing_requests: int
+    fitted: tuple[str, ...] = ()
 
     @property
     def most_replicas(self) -> int:
@@ -113,6 +119,7 @@ def plan_app(
     num_gpus: float = 0.0,
     max_ongoing_requests: int | None = None,
     cpus: float | None = None,
+    fit_instances: bool = True,
 ) -> AppPlan:
     """Plan the deployments serving ``models`` (configurations as dicts, by model name).
 
@@ -123,6 +130,8 @@ def plan_app(
         max_ongoing_requests: per ingress replica (None: from the batch capacity).
         cpus: the logical CPUs the application may use in all (None: 1 per replica where not
             set).
+        fit_instances: cap computing nodes' instances at their replica's cores where it has
+            no GPU (NOTE [ray plan]).
 
     Raises:
         ConfigError: a misplaced ``deployment`` key, conflicting options of one deployment, two
@@ -175,18 +184,10 @@ def plan_app(
         ingress_models[model] = ingress_config
     if name in part_models:
         raise ConfigError(f"a deployment is named {name!r}, as the ingress is: choose another name")
-    ingress_high = autoscale[1] if autoscale else replicas
     parts = []
     for part, config in part_models.items():
         options = part_options[part]
         part_replicas, part_autoscale = _replicas(options, part)
-        most = part_autoscale[1] if part_autoscale else part_replicas
-        hop_calls = 0
-        for node, table in hops[part]:
-            instances = _count(table.get("instance_num", config.get("global", {}).get("instance_num", 1)), node)
-            count = _count(table.get("hop_instances", 2 * instances * most), node, key="hop_instances")
-            ingress_models[part_owner[part]][node]["instance_num"] = count
-            hop_calls += count
         parts.append(
             DeploymentPlan(
                 name=part,
@@ -197,7 +198,7 @@ def plan_app(
                 num_cpus=_float(options.get("num_cpus"), part, "num_cpus"),
                 num_gpus=_float(options.get("num_gpus"), part, "num_gpus") or 0.0,
                 weight=sum(_computing(c) for c in _split(config)[0].values()),
-                max_ongoing_requests=max(8, hop_calls * ingress_high),
+                max_ongoing_requests=0,  # below, once the hops are sized
             )
         )
     ingress = DeploymentPlan(
@@ -209,9 +210,69 @@ def plan_app(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         weight=sum(_computing(table) for config in ingress_models.values() for table in _split(config)[0].values()),
-        max_ongoing_requests=max_ongoing_requests or max(16, 2 * max(capacity(c) for c in ingress_models.values())),
+        max_ongoing_requests=0,
     )
-    return _share_cpus(AppPlan(ingress, tuple(parts), link), cpus)
+    plan = _share_cpus(AppPlan(ingress, tuple(parts), link), cpus)
+    if fit_instances:
+        plan = _fit_instances(plan)
+    return _size_hops(plan, hops, max_ongoing_requests)
+
+
+def _fit_instances(plan: AppPlan) -> AppPlan:
+    """In deployments without GPUs, cap each computing node's ``instance_num`` at the replica's
+    cores: more instances than cores cannot compute at once, they only take turns (and each holds
+    its own copy of the model). The configuration was written for the machine; a replica gets a
+    share of it."""
+    from dataclasses import replace
+
+    fitted_plans = []
+    for deployment in plan.deployments:
+        if deployment.num_gpus:
+            fitted_plans.append(deployment)
+            continue
+        fitted: list[str] = []
+        for model, config in deployment.models.items():
+            nodes, globals_ = _split(config)
+            for node, table in nodes.items():
+                params = {**globals_, **table}
+                raw = params.get("instance_num", 1)
+                if not _computing(params) or (isinstance(raw, str) and "&" in raw):
+                    continue
+                try:
+                    count = int(raw)
+                except (TypeError, ValueError):
+                    continue  # building the pipe will say what is wrong
+                if count > deployment.cores:
+                    target = config if node == "main" and "main" not in config else config[node]
+                    assert isinstance(target, dict)
+                    target["instance_num"] = deployment.cores
+                    fitted.append(f"{model}.{node}: {count} -> {deployment.cores} instances")
+        fitted_plans.append(replace(deployment, fitted=tuple(fitted)))
+    return replace(plan, ingress=fitted_plans[0], parts=tuple(fitted_plans[1:]))
+
+
+def _size_hops(
+    plan: AppPlan, hops: Mapping[str, list[tuple[str, dict[str, Any]]]], max_ongoing_requests: int | None
+) -> AppPlan:
+    """Each hop's instances from its part's (fitted) instances and replicas, and every
+    deployment's ``max_ongoing_requests`` (NOTE [ray plan])."""
+    from dataclasses import replace
+
+    ingress = plan.ingress
+    parts = []
+    for part in plan.parts:
+        ((model, config),) = part.models.items()
+        nodes, globals_ = _split(config)
+        hop_calls = 0
+        for node, table in hops[part.name]:
+            instances = _count({**globals_, **nodes[node]}.get("instance_num", 1), node)
+            count = _count(table.get("hop_instances", 2 * instances * part.most_replicas), node, key="hop_instances")
+            ingress.models[model][node]["instance_num"] = count
+            hop_calls += count
+        parts.append(replace(part, max_ongoing_requests=max(8, hop_calls * ingress.most_replicas)))
+    most = max(capacity(config) for config in ingress.models.values())
+    ingress = replace(ingress, max_ongoing_requests=max_ongoing_requests or max(16, 2 * most))
+    return replace(plan, ingress=ingress, parts=tuple(parts))
 
 
 def capacity(config: Mapping[str, Any]) -> int:
