@@ -178,11 +178,16 @@ def test_tensor_model_over_handle_and_http_equals_in_process(
     status, document = _infer_json(ray_cluster["port"], "affine", rows[:2, :3])
     assert status == 400 and "error" in document
     assert _http(ray_cluster["port"], "/v2/models/nope/infer", b"{}")[0] == 404
-    # A bad item fails alone, with the pipe's own error type.
+    # A bad item fails alone, with the pipe's own error type; bad calls are refused as a pipe does.
     good, bad = {"data": rows[0]}, {"data": np.zeros(5, np.float32)}
     with pytest.raises(ps.RequestError):
         tensor_app([good, bad])
     np.testing.assert_allclose(good["result"], expected[0], rtol=1e-6)
+    assert tensor_app([]) == []
+    with pytest.raises(ps.InputError):
+        tensor_app(["not a dict"])  # type: ignore[list-item]
+    # One replica must not load or unload alone: the application is redeployed instead.
+    assert _http(ray_cluster["port"], "/v2/repository/models/affine/unload", b"{}")[0] == 501
 
 
 def test_metrics_and_statistics_cover_every_replica(ray_cluster: dict[str, Any], tensor_app: pray.PipeHandle) -> None:

@@ -88,6 +88,24 @@ def test_replicas_without_gpus_run_at_most_one_instance_per_core() -> None:
     assert kept.ingress.models["m"]["main"]["instance_num"] == 2
 
 
+def test_a_range_from_zero_is_planned_for_its_first_replica() -> None:
+    config = {"a": {"backend": "Identity", "next": "b"}, "b": {"deployment": {"name": "p", "autoscale": [0, 2]}}}
+    plan = plan_app({"m": config}, autoscale=(0, 4), cpus=8.0, fit_instances=False)
+    assert sum(d.num_cpus or 0 for d in plan.deployments) <= 8.0
+    assert plan.ingress.num_cpus == plan.parts[0].num_cpus == 4.0
+
+
+def test_a_hop_keeps_the_imports_its_filter_may_need_and_never_a_compute_bound() -> None:
+    config = {
+        "a": {"backend": "Identity", "next": "b"},
+        "b": {"imports": "my.filters", "filter": "Mine", "compute_timeout": 100, "deployment": "p"},
+        "c": {"imports": "my.backends", "compute_timeout": 100, "deployment": "p"},
+    }
+    hops = plan_app({"m": config}).ingress.models["m"]
+    assert hops["b"]["imports"] == "my.filters" and "imports" not in hops["c"]
+    assert "compute_timeout" not in hops["b"] and "compute_timeout" not in hops["c"]
+
+
 def test_autoscaling_ranges_and_batch_capacity() -> None:
     plan = plan_app({"m": {"backend": "Identity", "max": 8, "instance_num": 3}}, autoscale=(1, 4), num_cpus=3)
     assert plan.ingress.autoscale == (1, 4) and plan.ingress.replicas == 1 and plan.ingress.most_replicas == 4
@@ -110,7 +128,9 @@ def test_autoscaling_ranges_and_batch_capacity() -> None:
             "replicas",
         ),
         ({"a": {"deployment": {"name": "x", "replicas": 1, "autoscale": [1, 2]}}}, "not both"),
-        ({"a": {"deployment": "pipeserve"}}, "as the ingress is"),
+        ({"a": {"deployment": "pipeserve"}}, "a name the application uses"),
+        ({"a": {"deployment": "pipeserve-board"}}, "a name the application uses"),
+        ({"backend": "Identity", "deployment": {"name": "x"}}, "top level"),
     ],
 )
 def test_misplaced_deployments_are_config_errors(config: dict[str, Any], message: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pipeserve as ps
 
-from .. import ConfigError, RequestError
+from .. import ConfigError, PipeServeError, RequestError
 
 __all__ = ["PipeMapper", "map_batches"]
 
@@ -70,22 +70,43 @@ class PipeMapper:
         rows = len(next(iter(batch.values()))) if batch else 0
         keys = [(column, self.columns.get(column, column)) for column in batch]
         items = [{key: batch[column][row] for column, key in keys} for row in range(rows)]
-        futures = self.pipe.submit_many(items, timeout=self.timeout)
         results: list[Any] = []
         errors: list[str | None] = []
-        for future in futures:
-            try:
-                results.append(future.result()["result"])
-                errors.append(None)
-            except RequestError as exc:
+        for outcome in self._run(items):
+            if isinstance(outcome, BaseException):
                 if self.raise_errors:
-                    raise
+                    raise outcome
                 results.append(None)
-                errors.append(f"{type(exc).__name__}: {exc}")
+                errors.append(f"{type(outcome).__name__}: {outcome}")
+            else:
+                results.append(outcome.get("result"))  # a pipe may end an item without one
+                errors.append(None)
         out = dict(batch)
         out[self.output] = _column(results, np)
         out[self.error_column] = _column(errors, np)
         return out
+
+    def _run(self, items: list[dict[str, Any]]) -> list[Any]:
+        """Each item (done) or its error. The rows go in together; if the pipe refuses them as a
+        group (a bounded queue smaller than the batch, say), one at a time, each with its own
+        outcome."""
+        try:
+            futures = self.pipe.submit_many(items, timeout=self.timeout)
+        except PipeServeError:
+            outcomes: list[Any] = []
+            for item in items:
+                try:
+                    outcomes.append(self.pipe(item, timeout=self.timeout))
+                except PipeServeError as exc:
+                    outcomes.append(exc)
+            return outcomes
+        found: list[Any] = []
+        for future in futures:
+            try:
+                found.append(future.result())
+            except RequestError as exc:
+                found.append(exc)
+        return found
 
     def __del__(self) -> None:
         pipe = getattr(self, "pipe", None)

@@ -25,7 +25,7 @@ from ..metrics import RequestTally, WatchedModel, server_registry
 from ..server import HttpApp, Repository, ServerState
 from . import hop
 from .board import Board, ReplicaSnapshot, merged_exposition, part_families, sum_counters
-from .plan import AppPlan, DeploymentPlan
+from .plan import RESERVED_DEPLOYMENT, AppPlan, DeploymentPlan
 from .transfer import Change, changes
 
 __all__ = ["build"]
@@ -37,7 +37,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Reply = Change | BaseException
 
-BOARD = "pipeserve-board"  # the board deployment's name in every application
+BOARD = RESERVED_DEPLOYMENT  # the board deployment's name in every application
 BOARD_TIMEOUT = 5.0  # seconds a scrape waits for the board
 
 
@@ -113,12 +113,19 @@ async def _settle(futures: list[Future[Any]]) -> None:
     """Wait until every future is done; if the waiting task is cancelled, cancel them (items
     still queued are dropped) and re-raise."""
     waiting = [asyncio.wrap_future(future) for future in futures]
+    if not waiting:
+        return
     try:
         await asyncio.wait(waiting)
     except asyncio.CancelledError:
         for future in futures:
             future.cancel()
         raise
+
+
+def _node_tables(config: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(node, table) of a configuration dict (the ingress's are node dicts)."""
+    return [(name, table) for name, table in config.items() if isinstance(table, Mapping) and name != "global"]
 
 
 def _replies(futures: list[Future[Any]], items: list[dict[str, Any]], before: list[dict[str, Any]]) -> list[Reply]:
@@ -235,9 +242,19 @@ class PipeIngress:
 
     def check_health(self) -> None:
         """Ray Serve's health check: a replica whose pipes are unhealthy (an instance dead or
-        stuck) is restarted."""
-        if not self.state.ready:
-            raise RuntimeError("pipeserve: a pipe of this replica is not healthy")
+        stuck) is restarted. A hop's instance waits on its part as long as the part takes (a
+        backlog, a cold start): it counts only if it died, never as stuck."""
+        if self.state.draining or not self.repository.ready_models():
+            raise RuntimeError("pipeserve: this replica serves no model")
+        for model in self.repository.ready_models():
+            hops = {n for n, t in _node_tables(self.plan.models.get(model.name, {})) if t.get("backend") == "RayHop"}
+            for name, node in model.pipe.health().nodes.items():
+                if name in hops:
+                    healthy = any(i.alive for i in node.instances) and not any(i.broken for i in node.instances)
+                else:
+                    healthy = node.ok
+                if not healthy:
+                    raise RuntimeError(f"pipeserve: model {model.name!r}, node {name!r} is not healthy")
 
     def __del__(self) -> None:
         reporter = getattr(self, "reporter", None)
@@ -262,8 +279,14 @@ class _ApplicationView:
             root = scope.get("root_path") or ""
             if root and scope["path"].startswith(root):
                 scope = dict(scope, path=scope["path"][len(root) :] or "/", root_path="")
+            parts = scope["path"].strip("/").split("/")
+            if scope["method"] == "POST" and parts[:3] == ["v2", "repository", "models"]:
+                # One replica would load or unload alone, and a new configuration would skip the
+                # plan (its placements): on Ray the application is redeployed instead.
+                message = "loading and unloading models is not served on Ray: redeploy the application"
+                await _send(send, 501, oip.error_body(message), "application/json")
+                return
             if scope["method"] == "GET":
-                parts = scope["path"].strip("/").split("/")
                 if parts == ["metrics"] or (parts[:2] == ["v2", "models"] and parts[-1] == "stats"):
                     await self._aggregate(parts, scope, receive, send)
                     return
@@ -287,7 +310,7 @@ class _ApplicationView:
         if ingress.reporter is not None:
             # On the board before the answer leaves: a scrape that another replica answers next
             # never shows this replica's counters lower than this one did.
-            await ingress.reporter.publish(own)
+            await asyncio.wait_for(ingress.reporter.publish(own), BOARD_TIMEOUT)
         snapshots = [s for s in snapshots if s.replica != own.replica] + [own]
         if parts == ["metrics"]:
             body, content_type = await asyncio.to_thread(merged_exposition, snapshots)
@@ -361,7 +384,8 @@ class PipePart:
             item["node_name"] = node  # this part's entry (an ingress's own choice is not ours)
         before = [dict(item) for item in items]
         try:
-            futures = self.pipe.submit_many(items, timeout=remaining, trace=traceparent)
+            # An untraced batch stays untraced here (not sampled again at this pipe's rate).
+            futures = self.pipe.submit_many(items, timeout=remaining, trace=traceparent or False)
         except PipeServeError as exc:
             return [exc] * len(items)
         await _settle(futures)
@@ -387,20 +411,24 @@ class MetricsBoard:
         _loopback_if_local()
         self.board = Board(stale_after)
 
-    def put(self, snapshot: ReplicaSnapshot) -> None:
+    # Async, so that Ray Serve runs them one at a time on the replica's event loop (its sync
+    # methods run on a thread pool, concurrently): the board needs no lock.
+    async def put(self, snapshot: ReplicaSnapshot) -> None:
         self.board.put(snapshot)
 
-    def remove(self, replica: str) -> None:
+    async def remove(self, replica: str) -> None:
         self.board.remove(replica)
 
-    def snapshots(self) -> list[ReplicaSnapshot]:
+    async def snapshots(self) -> list[ReplicaSnapshot]:
         return self.board.snapshots()
 
 
 # ------------------------------------------------------------------------------------------ build
-def _scaling(plan: DeploymentPlan) -> dict[str, Any]:
+def _scaling(plan: DeploymentPlan, drain_timeout: float) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": plan.max_ongoing_requests,
+        # Ray stops a replica this long after it asked it to finish: the pipes' drain fits in it.
+        "graceful_shutdown_timeout_s": drain_timeout + 5.0,
         "ray_actor_options": {"num_cpus": plan.num_cpus or 0.0, "num_gpus": plan.num_gpus},
     }
     if plan.autoscale is None:
@@ -420,6 +448,7 @@ def _scaling(plan: DeploymentPlan) -> dict[str, Any]:
 def build(plan: AppPlan, options: Mapping[str, Any]) -> Any:
     """The Ray Serve application of ``plan``: board, parts, then the ingress bound to them."""
     interval = float(options.get("metrics_interval", 1.0))
+    drain = float(options.get("drain_timeout", 30.0))
     board = (
         serve.deployment(MetricsBoard)
         .options(
@@ -433,12 +462,14 @@ def build(plan: AppPlan, options: Mapping[str, Any]) -> Any:
         .bind(max(10.0, 3 * interval))
     )
     parts = {
-        part.name: serve.deployment(PipePart).options(name=part.name, **_scaling(part)).bind(part, board, dict(options))
+        part.name: serve.deployment(PipePart)
+        .options(name=part.name, **_scaling(part, drain))
+        .bind(part, board, dict(options))
         for part in plan.parts
     }
     ingress_class = serve.ingress()(PipeIngress)
     return (
         serve.deployment(ingress_class)
-        .options(name=plan.ingress.name, **_scaling(plan.ingress))
+        .options(name=plan.ingress.name, **_scaling(plan.ingress, drain))
         .bind(plan.ingress, plan.link, parts, board, dict(options))
     )

@@ -21,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from .. import RemoteError, RequestTimeout
+from .. import InputError, RemoteError, RequestTimeout
 from .hop import FIRST_BACKOFF, GRACE, MAX_BACKOFF, NO_DEADLINE_WAIT, retryable_errors
 from .transfer import apply, outgoing
 
@@ -53,7 +53,9 @@ class PipeHandle:
         Raises:
             RequestError: the request failed (the pipe's error, or RemoteError).
         """
-        items = item if isinstance(item, list) else [item]
+        items = _items(item)
+        if not items:
+            return item
         end = None if timeout is None else time.monotonic() + timeout
         attempt, delay = 0, FIRST_BACKOFF
         while True:
@@ -63,7 +65,7 @@ class PipeHandle:
                 replies = response.result(timeout_s=self._wait(end))
             except TimeoutError:
                 response.cancel()
-                raise RequestTimeout(f"the application did not answer within {timeout} s") from None
+                raise RequestTimeout(_late(timeout)) from None
             except self._retryable as exc:
                 delay = self._retry_after(exc, attempt, delay, end)
                 time.sleep(delay)
@@ -75,7 +77,9 @@ class PipeHandle:
     async def acall(self, item: Item | list[Item], *, timeout: float | None = None) -> Any:
         """:meth:`__call__` for asyncio, without blocking the event loop; cancelling the task
         cancels the request (its items still queued in the replica are dropped)."""
-        items = item if isinstance(item, list) else [item]
+        items = _items(item)
+        if not items:
+            return item
         end = None if timeout is None else time.monotonic() + timeout
         attempt, delay = 0, FIRST_BACKOFF
         while True:
@@ -85,7 +89,7 @@ class PipeHandle:
                 replies = await asyncio.wait_for(_awaited(response), self._wait(end))
             except (TimeoutError, asyncio.TimeoutError):
                 response.cancel()
-                raise RequestTimeout(f"the application did not answer within {timeout} s") from None
+                raise RequestTimeout(_late(timeout)) from None
             except asyncio.CancelledError:
                 response.cancel()
                 raise
@@ -148,3 +152,22 @@ class PipeHandle:
 
 async def _awaited(response: Any) -> Any:
     return await response
+
+
+def _items(item: Any) -> list[Item]:
+    """The items of a call, checked as a pipe checks them.
+
+    Raises:
+        InputError: an item that is not a dict.
+    """
+    items = item if isinstance(item, list) else [item]
+    for entry in items:
+        if not isinstance(entry, dict):
+            raise InputError(f"an item is a dict, got {type(entry).__name__}")
+    return items
+
+
+def _late(timeout: float | None) -> str:
+    if timeout is None:
+        return f"the application did not answer within {NO_DEADLINE_WAIT:.0f} s"
+    return f"the application did not answer within the deadline ({timeout} s)"

@@ -5,15 +5,18 @@ keys; users never configure it by hand.
 NOTE [ray hops]
 A batch the hop node forms leaves as one call to a replica of the part (``run``), with the
 items as they are (but their caller-local keys), the seconds left before the batch's earliest
-deadline and the batch's ``traceparent`` when it is traced (the part's spans join the trace); the
-part's pipe runs the original node on them, batching them with other callers', and
-answers with each item's changes or its error, which the hop applies or fails that item with
-(the others succeed). The hop waits at most the time left (plus a grace for the answer to
-travel): past it the batch fails with RequestTimeout. A replica that dies or is unreachable
-before answering is retried on another, with backoff (20 ms doubling, at most 1 s), while the
-deadline allows (without one: ``retries`` times in all, default 3); then the items fail with
-RemoteError naming the deployment. A retried node may have run twice, on the dead replica and
-on the next, but every item gets one outcome.
+deadline and the batch's ``traceparent`` when it is traced (the part's spans join the trace; an
+untraced batch stays untraced there). The part's pipe runs the original node on them, batching
+them with other callers', and answers with each item's changes or its error, which the hop
+applies or fails that item with (the others succeed). The hop waits at most the time left (plus
+a grace for the answer to travel): past it the batch fails with RequestTimeout. As with the
+Remote backend (NOTE [remote calls]), a batch carries its earliest deadline: an item without one
+that batches with a short one fails with it if the part is late. A replica that dies or is
+unreachable before answering is retried on another, with backoff (20 ms doubling, at most 1 s),
+while the deadline allows (without one: ``retries`` times in all, default 3); then the items
+fail with RemoteError naming the deployment. A retried node may have run twice, on the dead
+replica and on the next, but every item gets one outcome. The ingress's health check never
+counts a hop's instance as stuck: it waits as long as its part takes.
 """
 
 from __future__ import annotations

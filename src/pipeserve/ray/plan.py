@@ -47,6 +47,7 @@ SERVING_KEYS = frozenset({"inputs", "outputs", "max_batch_size", "warmup", "name
 PLACEMENT_KEYS = frozenset({"deployment", "hop_instances"})
 DEPLOYMENT_OPTIONS = frozenset({"name", "replicas", "autoscale", "num_cpus", "num_gpus"})
 NOT_COMPUTING = frozenset({"Jump", "MapReduce", "Remote", "RayHop"})
+RESERVED_DEPLOYMENT = "pipeserve-board"  # the application's metrics board (NOTE [replica metrics])
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class DeploymentPlan:
 
     @property
     def cores(self) -> int:
-        """The CPU budget of each replica's pipe: its CPUs rounded, at least one core."""
+        """The CPU budget of each replica's pipe: its CPUs rounded, at least one core (so a
+        replica with a fraction of a CPU still runs a thread per instance)."""
         return max(1, round(self.num_cpus or 1.0))
 
 
@@ -151,6 +153,12 @@ def plan_app(
     link = uuid.uuid4().hex[:12]
     hops: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for model, config in models.items():
+        if isinstance(config.get("deployment"), Mapping):
+            raise ConfigError(
+                "'deployment' places one node: put it in the node's table ([main] for a one-node pipe), "
+                "not at the top level",
+                key="deployment",
+            )
         nodes, globals_ = _split(config)
         if "deployment" in globals_:
             raise ConfigError("'deployment' places one node; it cannot be a top-level key", key="deployment")
@@ -177,13 +185,18 @@ def plan_app(
             part_config = part_models.setdefault(part, {"global": dict(globals_)} if globals_ else {})
             part_config[node] = {k: v for k, v in table.items() if k not in GRAPH_KEYS | PLACEMENT_KEYS | SERVING_KEYS}
             part_nodes.setdefault(part, []).append(node)
-            hop = {k: v for k, v in table.items() if k not in PLACEMENT_KEYS and k != "imports"}
+            # The hop keeps the node's imports only when its filter may come from them (a filter
+            # runs in the ingress); the backend's module need not be importable there. A hop waits
+            # as long as its part takes: the node's compute_timeout is the part's business.
+            dropped = {"compute_timeout"} | ({"imports"} if "filter" not in table else set())
+            hop = {k: v for k, v in table.items() if k not in PLACEMENT_KEYS | dropped}
             hop.update(backend="RayHop", instance_type="thread", ray_deployment=part, ray_link=link, ray_node=node)
             hops.setdefault(part, []).append((node, table))
             ingress_config[node] = hop
         ingress_models[model] = ingress_config
-    if name in part_models:
-        raise ConfigError(f"a deployment is named {name!r}, as the ingress is: choose another name")
+    for taken in (name, RESERVED_DEPLOYMENT):
+        if taken in part_models:
+            raise ConfigError(f"a deployment is named {taken!r}, a name the application uses: choose another")
     parts = []
     for part, config in part_models.items():
         options = part_options[part]
@@ -399,7 +412,8 @@ def _share_cpus(plan: AppPlan, cpus: float | None) -> AppPlan:
         fixed = sum((d.num_cpus or 0.0) * d.most_replicas for d in plan.deployments if d.num_cpus is not None)
         left = max(0.0, cpus - fixed)
         weights = {d.name: max(1, d.weight) for d in open_}
-        total = sum(weights[d.name] * d.replicas for d in open_ if d.replicas) or 1
+        # A range from 0 starts one replica (Ray's initial_replicas here): count that one.
+        total = sum(weights[d.name] * max(1, d.replicas) for d in open_)
         # Rounded down to 1/100 CPU so that the shares never add up to more than there is.
         shares = {d.name: max(0.01, math.floor(100 * left * weights[d.name] / total) / 100) for d in open_}
     ingress = plan.ingress
