@@ -93,6 +93,21 @@ class Dispatcher:
         """The smallest and largest batch the node runs."""
         return min(g.min for g in self.groups), max(g.max for g in self.groups)
 
+    def adjust(self, now: float, *, max_batch: int | None = None, window: float | None = None) -> None:
+        """Change every group's batch ``max`` (kept within its ``min`` and its backend's limit)
+        and batching window (seconds) while the node runs, and dispatch at once: a smaller
+        ``max`` or a shorter window may release a batch now. Items already queued stay queued;
+        batches running are not touched."""
+        for group in self.groups:
+            if max_batch is not None:
+                group.max = max(group.min, min(max_batch, group.limit))
+            if window is not None:
+                group.timeout = window
+        self.window = max(g.timeout for g in self.groups)
+        self.expected.window = self.window
+        self.order_groups()
+        self.dispatch(now, None)
+
     def order_groups(self) -> None:
         """Sort the groups largest ``max`` first (once their ranges are known)."""
         self.groups.sort(key=lambda g: (-g.max, g.index))

@@ -120,7 +120,9 @@ class Group:
     Attributes:
         index: the group's position in the configuration.
         timeout: its batching window in seconds.
-        min, max: its batch range, read from its backend once built.
+        min, max: its batch range, read from its backend once built (``max`` may be lowered
+            later, :meth:`pipeserve.Pipe.adjust`).
+        limit: the largest batch its backend accepts (``max`` never exceeds it).
         instances: its instances; idle: those waiting for work (the node's lock guards it).
     """
 
@@ -129,6 +131,7 @@ class Group:
         self.timeout = timeout
         self.min = 1
         self.max = 1
+        self.limit = 1
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
 
@@ -170,6 +173,7 @@ def read_ranges(groups: list[Group], node: str) -> None:
         backend = group.instances[0].backend
         assert backend is not None
         group.min, group.max = backend.min(), backend.max()
+        group.limit = group.max
         if group.min < 1 or group.min > group.max:
             raise ConfigError(f"batch range {group.min}..{group.max} is empty", node=node, key="max")
     if min(g.min for g in groups) != 1:

@@ -110,6 +110,22 @@ class Node:
         if self._workers.watched:
             self._dispatch.inline = False  # a hung backend must not hang its caller (NOTE [hung backends])
 
+    def adjust(self, *, max_batch: int | None = None, window: float | None = None) -> None:
+        """Change the batch ``max`` and the batching window (seconds) while the node runs
+        (see :meth:`Dispatcher.adjust`)."""
+        dispatcher = self._dispatch
+        with self._lock:
+            dispatcher.adjust(self._clock(), max_batch=max_batch, window=window)
+            if dispatcher.wake or dispatcher.room:
+                act(dispatcher)
+        if dispatcher.dead:
+            self._workers.flush_dead()
+
+    @property
+    def batching_window(self) -> float:
+        """The node's longest batching window now, in seconds."""
+        return self._dispatch.window
+
     # ----------------------------------------------------------------- feeding
     @property
     def batch_range(self) -> tuple[int, int]:

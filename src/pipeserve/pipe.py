@@ -424,6 +424,26 @@ class Pipe:
             raise InputError(f"no scheduled node {name!r}; nodes: {list(self._nodes)}")
         return node
 
+    def adjust(self, node_name: str, *, max: int | None = None, batching_timeout_ms: float | None = None) -> None:
+        """Change a node's batch ``max`` and batching window while the pipe serves, without
+        dropping or failing a request: items already queued stay queued and batch under the new
+        values, batches running finish as they are. ``max`` is kept within the node's ``min``
+        and the largest batch its backend accepts (``describe()`` and ``max()`` show what holds).
+        What an autotuner turns; the configuration is not changed.
+
+        Raises:
+            InputError: an unknown node, ``max`` < 1, a negative or non-finite window.
+        """
+        node = self._node(node_name)
+        if max is not None and (isinstance(max, bool) or not isinstance(max, int) or max < 1):
+            raise InputError(f"max must be a whole number >= 1, got {max!r}")
+        window = None
+        if batching_timeout_ms is not None:
+            if not isinstance(batching_timeout_ms, (int, float)) or not 0 <= batching_timeout_ms < float("inf"):
+                raise InputError(f"batching_timeout_ms must be a number >= 0, got {batching_timeout_ms!r}")
+            window = batching_timeout_ms / 1e3
+        node.adjust(max_batch=max, window=window)
+
     def describe(self) -> PipeDescription:
         """The pipe's entries (nodes visited, batch range, declared inputs and outputs, instance
         kinds) and scheduled nodes, as frozen data (see :mod:`pipeserve.description`)."""
@@ -436,7 +456,7 @@ class Pipe:
                 instances=len(node.instances),
                 cpu_threads=node.cpu_threads,
                 batch_range=node.batch_range,
-                batching_timeout_ms=max(get_float(g, "batching_timeout", 0.0, node=name) for g in node.config.groups),
+                batching_timeout_ms=1e3 * node.batching_window,
                 max_queue=node.settings.max_queue,
             )
         entries = {}
