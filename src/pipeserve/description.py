@@ -27,6 +27,8 @@ class NodeDescription:
         batch_range: the smallest and largest batch it runs.
         batching_timeout_ms: its longest batching window, in milliseconds.
         max_queue: its queue bound in items (0: none).
+        active_instances: the instances taking batches now (``instances`` unless
+            :meth:`pipeserve.Pipe.adjust` parked some).
     """
 
     name: str
@@ -37,6 +39,7 @@ class NodeDescription:
     batch_range: tuple[int, int]
     batching_timeout_ms: float
     max_queue: int
+    active_instances: int
 
 
 @dataclass(frozen=True)

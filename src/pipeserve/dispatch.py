@@ -93,16 +93,29 @@ class Dispatcher:
         """The smallest and largest batch the node runs."""
         return min(g.min for g in self.groups), max(g.max for g in self.groups)
 
-    def adjust(self, now: float, *, max_batch: int | None = None, window: float | None = None) -> None:
-        """Change every group's batch ``max`` (kept within its ``min`` and its backend's limit)
-        and batching window (seconds) while the node runs, and dispatch at once: a smaller
-        ``max`` or a shorter window may release a batch now. Items already queued stay queued;
-        batches running are not touched."""
+    def adjust(
+        self, now: float, *, max_batch: int | None = None, window: float | None = None, active: int | None = None
+    ) -> None:
+        """Change every group's batch ``max`` (kept within its ``min`` and its backend's limit),
+        batching window (seconds) and active instances (1 to all; the others are parked as they
+        become idle and take no batch until raised again) while the node runs, and dispatch at
+        once: a smaller ``max``, a shorter window or more instances may release batches now.
+        Items already queued stay queued; batches running are not touched."""
         for group in self.groups:
             if max_batch is not None:
                 group.max = max(group.min, min(max_batch, group.limit))
             if window is not None:
                 group.timeout = window
+            if active is not None:
+                group.active = None if active >= len(group.instances) else max(1, active)
+                while group.over_active() and group.idle:
+                    group.parked.append(group.idle.pop())
+                while (
+                    group.parked
+                    and not group.over_active()
+                    and (group.active is None or len(group.instances) - len(group.parked) < group.active)
+                ):
+                    group.idle.append(group.parked.pop())
         self.window = max(g.timeout for g in self.groups)
         self.expected.window = self.window
         self.order_groups()
@@ -167,11 +180,14 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- instances
     def idle(self, instance: Instance) -> None:
-        """``instance`` is ready for work (built, or done with a batch)."""
+        """``instance`` is ready for work (built, or done with a batch); it is parked instead
+        while its group runs more instances than it should (:meth:`adjust`)."""
         instance.state = State.IDLE
         for group in self.groups:
             if group.index == instance.group:
-                group.idle.append(instance)
+                # The usual case (no count set) costs one attribute test on this path.
+                parked = group.active is not None and group.over_active()
+                (group.parked if parked else group.idle).append(instance)
                 return
 
     def finished(self, instance: Instance, now: float, *, by_worker: bool) -> None:
@@ -206,6 +222,8 @@ class Dispatcher:
         for group in self.groups:
             if instance in group.idle:
                 group.idle.remove(instance)
+            if instance in group.parked:
+                group.parked.remove(instance)
         instance.state = State.CLOSED
         return True
 

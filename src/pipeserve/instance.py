@@ -124,6 +124,8 @@ class Group:
             later, :meth:`pipeserve.Pipe.adjust`).
         limit: the largest batch its backend accepts (``max`` never exceeds it).
         instances: its instances; idle: those waiting for work (the node's lock guards it).
+        active: how many of its instances take batches (all unless lowered by
+            :meth:`pipeserve.Pipe.adjust`); parked: idle instances kept out of work meanwhile.
     """
 
     def __init__(self, index: int, timeout: float) -> None:
@@ -134,6 +136,12 @@ class Group:
         self.limit = 1
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
+        self.active: int | None = None  # None: every instance
+        self.parked: list[Instance] = []
+
+    def over_active(self) -> bool:
+        """Whether more instances than ``active`` are out of the parked list."""
+        return self.active is not None and len(self.instances) - len(self.parked) > self.active
 
 
 def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:

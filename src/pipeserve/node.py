@@ -110,16 +110,23 @@ class Node:
         if self._workers.watched:
             self._dispatch.inline = False  # a hung backend must not hang its caller (NOTE [hung backends])
 
-    def adjust(self, *, max_batch: int | None = None, window: float | None = None) -> None:
-        """Change the batch ``max`` and the batching window (seconds) while the node runs
-        (see :meth:`Dispatcher.adjust`)."""
+    def adjust(self, *, max_batch: int | None = None, window: float | None = None, active: int | None = None) -> None:
+        """Change the batch ``max``, the batching window (seconds) and the active instances
+        per group while the node runs (see :meth:`Dispatcher.adjust`)."""
         dispatcher = self._dispatch
         with self._lock:
-            dispatcher.adjust(self._clock(), max_batch=max_batch, window=window)
+            dispatcher.adjust(self._clock(), max_batch=max_batch, window=window, active=active)
             if dispatcher.wake or dispatcher.room:
                 act(dispatcher)
         if dispatcher.dead:
             self._workers.flush_dead()
+
+    @property
+    def active_instances(self) -> int:
+        """Instances taking batches now (all but the parked ones, :meth:`adjust`)."""
+        with self._lock:
+            groups = self._dispatch.groups
+            return sum(len(g.instances) if g.active is None else g.active for g in groups)
 
     @property
     def batching_window(self) -> float:

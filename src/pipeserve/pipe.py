@@ -424,25 +424,36 @@ class Pipe:
             raise InputError(f"no scheduled node {name!r}; nodes: {list(self._nodes)}")
         return node
 
-    def adjust(self, node_name: str, *, max: int | None = None, batching_timeout_ms: float | None = None) -> None:
-        """Change a node's batch ``max`` and batching window while the pipe serves, without
-        dropping or failing a request: items already queued stay queued and batch under the new
-        values, batches running finish as they are. ``max`` is kept within the node's ``min``
-        and the largest batch its backend accepts (``describe()`` and ``max()`` show what holds).
+    def adjust(
+        self,
+        node_name: str,
+        *,
+        max: int | None = None,
+        batching_timeout_ms: float | None = None,
+        instances: int | None = None,
+    ) -> None:
+        """Change a node's batch ``max``, batching window and active instances while the pipe
+        serves, without dropping or failing a request: items already queued stay queued and
+        batch under the new values, batches running finish as they are. ``max`` is kept within
+        the node's ``min`` and the largest batch its backend accepts; ``instances`` (per bucket
+        group) within 1 and ``instance_num``: the others are parked as they become idle, kept
+        built, and take batches again once raised. ``describe()`` and ``max()`` show what holds.
         What an autotuner turns; the configuration is not changed.
 
         Raises:
-            InputError: an unknown node, ``max`` < 1, a negative or non-finite window.
+            InputError: an unknown node, ``max`` or ``instances`` < 1, a negative or non-finite
+                window.
         """
         node = self._node(node_name)
-        if max is not None and (isinstance(max, bool) or not isinstance(max, int) or max < 1):
-            raise InputError(f"max must be a whole number >= 1, got {max!r}")
+        for key, value in (("max", max), ("instances", instances)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{key} must be a whole number >= 1, got {value!r}")
         window = None
         if batching_timeout_ms is not None:
             if not isinstance(batching_timeout_ms, (int, float)) or not 0 <= batching_timeout_ms < float("inf"):
                 raise InputError(f"batching_timeout_ms must be a number >= 0, got {batching_timeout_ms!r}")
             window = batching_timeout_ms / 1e3
-        node.adjust(max_batch=max, window=window)
+        node.adjust(max_batch=max, window=window, active=instances)
 
     def describe(self) -> PipeDescription:
         """The pipe's entries (nodes visited, batch range, declared inputs and outputs, instance
@@ -454,6 +465,7 @@ class Pipe:
                 backend=str(node.config.groups[0].get("backend", "Identity")),
                 instance_kind="process" if node.settings.process else "thread",
                 instances=len(node.instances),
+                active_instances=node.active_instances,
                 cpu_threads=node.cpu_threads,
                 batch_range=node.batch_range,
                 batching_timeout_ms=1e3 * node.batching_window,

@@ -135,6 +135,7 @@ def _model_document(model: ServedModel) -> dict[str, Any]:
         if described is not None:
             figures["backend"] = described.backend
             figures["instance_kind"] = described.instance_kind
+            figures["active_instances"] = described.active_instances
             figures["cpu_threads"] = described.cpu_threads
             figures["batch_range"] = list(described.batch_range)
             figures["batching_timeout_ms"] = described.batching_timeout_ms
