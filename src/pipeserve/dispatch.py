@@ -107,15 +107,7 @@ class Dispatcher:
             if window is not None:
                 group.timeout = window
             if active is not None:
-                group.active = None if active >= len(group.instances) else max(1, active)
-                while group.over_active() and group.idle:
-                    group.parked.append(group.idle.pop())
-                while (
-                    group.parked
-                    and not group.over_active()
-                    and (group.active is None or len(group.instances) - len(group.parked) < group.active)
-                ):
-                    group.idle.append(group.parked.pop())
+                group.set_active(active)
         self.window = max(g.timeout for g in self.groups)
         self.expected.window = self.window
         self.order_groups()

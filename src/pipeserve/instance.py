@@ -143,6 +143,15 @@ class Group:
         """Whether more instances than ``active`` are out of the parked list."""
         return self.active is not None and len(self.instances) - len(self.parked) > self.active
 
+    def set_active(self, count: int) -> None:
+        """Let ``count`` instances take batches (all from ``len(instances)`` up): park idle ones
+        beyond it now (busy ones are parked as they become idle), or bring parked ones back."""
+        self.active = None if count >= len(self.instances) else max(1, count)
+        while self.over_active() and self.idle:
+            self.parked.append(self.idle.pop())
+        while self.parked and (self.active is None or len(self.instances) - len(self.parked) < self.active):
+            self.idle.append(self.parked.pop())
+
 
 def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:
     """Parse each group's backend, check its names, and lay out ``instance_num`` instances per
