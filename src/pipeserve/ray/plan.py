@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import ConfigError
@@ -210,7 +210,7 @@ def plan_app(
                 autoscale=part_autoscale,
                 num_cpus=_float(options.get("num_cpus"), part, "num_cpus"),
                 num_gpus=_float(options.get("num_gpus"), part, "num_gpus") or 0.0,
-                weight=sum(_computing(c) for c in _split(config)[0].values()),
+                weight=sum(_computing(params) for params in _params(config).values()),
                 max_ongoing_requests=0,  # below, once the hops are sized
             )
         )
@@ -222,7 +222,7 @@ def plan_app(
         autoscale=autoscale,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        weight=sum(_computing(table) for config in ingress_models.values() for table in _split(config)[0].values()),
+        weight=sum(_computing(params) for config in ingress_models.values() for params in _params(config).values()),
         max_ongoing_requests=0,
     )
     plan = _share_cpus(AppPlan(ingress, tuple(parts), link), cpus)
@@ -236,8 +236,6 @@ def _fit_instances(plan: AppPlan) -> AppPlan:
     cores: more instances than cores cannot compute at once, they only take turns (and each holds
     its own copy of the model). The configuration was written for the machine; a replica gets a
     share of it."""
-    from dataclasses import replace
-
     fitted_plans = []
     for deployment in plan.deployments:
         if deployment.num_gpus:
@@ -245,9 +243,7 @@ def _fit_instances(plan: AppPlan) -> AppPlan:
             continue
         fitted: list[str] = []
         for model, config in deployment.models.items():
-            nodes, globals_ = _split(config)
-            for node, table in nodes.items():
-                params = {**globals_, **table}
+            for node, params in _params(config).items():
                 raw = params.get("instance_num", 1)
                 if not _computing(params) or (isinstance(raw, str) and "&" in raw):
                     continue
@@ -256,9 +252,7 @@ def _fit_instances(plan: AppPlan) -> AppPlan:
                 except (TypeError, ValueError):
                     continue  # building the pipe will say what is wrong
                 if count > deployment.cores:
-                    target = config if node == "main" and "main" not in config else config[node]
-                    assert isinstance(target, dict)
-                    target["instance_num"] = deployment.cores
+                    config[node]["instance_num"] = deployment.cores  # the plan's own copy: node tables
                     fitted.append(f"{model}.{node}: {count} -> {deployment.cores} instances")
         fitted_plans.append(replace(deployment, fitted=tuple(fitted)))
     return replace(plan, ingress=fitted_plans[0], parts=tuple(fitted_plans[1:]))
@@ -269,16 +263,14 @@ def _size_hops(
 ) -> AppPlan:
     """Each hop's instances from its part's (fitted) instances and replicas, and every
     deployment's ``max_ongoing_requests`` (NOTE [ray plan])."""
-    from dataclasses import replace
-
     ingress = plan.ingress
     parts = []
     for part in plan.parts:
         ((model, config),) = part.models.items()
-        nodes, globals_ = _split(config)
+        params = _params(config)
         hop_calls = 0
         for node, table in hops[part.name]:
-            instances = _count({**globals_, **nodes[node]}.get("instance_num", 1), node)
+            instances = _count(params[node].get("instance_num", 1), node)
             count = _count(table.get("hop_instances", 2 * instances * part.most_replicas), node, key="hop_instances")
             ingress.models[model][node]["instance_num"] = count
             hop_calls += count
@@ -291,10 +283,8 @@ def _size_hops(
 def capacity(config: Mapping[str, Any]) -> int:
     """The largest number of items one node of ``config`` can hold in running batches:
     ``max x instance_num`` (bucket groups summed; 1 where a key is absent)."""
-    nodes, globals_ = _split(config)
     best = 1
-    for table in nodes.values():
-        params = {**globals_, **table}
+    for params in _params(config).values():
         maxes = str(params.get("max", 1)).split("&")
         counts = str(params.get("instance_num", 1)).split("&")
         if len(counts) == 1:
@@ -310,6 +300,12 @@ def capacity(config: Mapping[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def _params(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each node's keys, the global ones merged in (as the pipe reads them)."""
+    nodes, globals_ = _split(config)
+    return {node: {**globals_, **table} for node, table in nodes.items()}
+
+
 def _split(config: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """(nodes by name, global keys) of a configuration dict (one node ``main`` when it has no
     tables)."""
@@ -388,7 +384,7 @@ def _float(value: Any, part: str, key: str) -> float | None:
 
 
 def _computing(table: Mapping[str, Any]) -> int:
-    """The computing instances of one node's table (0 for routing, remote and hop nodes)."""
+    """The computing instances of one node's keys (0 for routing, remote and hop nodes)."""
     if str(table.get("backend", "Identity")).strip() in NOT_COMPUTING:
         return 0
     try:
@@ -401,8 +397,6 @@ def _share_cpus(plan: AppPlan, cpus: float | None) -> AppPlan:
     """Give every deployment without ``num_cpus`` its per-replica share of ``cpus``: what the
     fixed ones leave, in proportion to computing instances (one instance counted at least per
     replica, for its Python); without ``cpus``, one CPU per replica."""
-    from dataclasses import replace
-
     open_ = [d for d in plan.deployments if d.num_cpus is None]
     if not open_:
         return plan
