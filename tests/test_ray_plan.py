@@ -207,3 +207,18 @@ def test_merged_figures_label_each_replica_and_sum_triton_counters() -> None:
     assert (total.success, total.inference_count, total.last_inference_ms) == (oip.Duration(3, 14), 4, 9)
     board.put(ReplicaSnapshot("r3", "ingress", now - 120, (), ()))
     assert [snapshot.replica for snapshot in board.snapshots()] == ["r1", "r2"]  # r3 stopped reporting
+
+
+def test_lost_calls_are_retried_with_backoff_within_the_deadline_or_a_count() -> None:
+    from pipeserve.ray.hop import Retries
+
+    counted = Retries(None, most=3)
+    pauses = []
+    for _ in range(5):
+        counted.attempts += 1
+        pauses.append(counted.pause())
+    assert pauses == [0.02, 0.04, None, None, None]  # three attempts in all without a deadline
+    timed = Retries(time.monotonic() + 0.5, most=1)
+    timed.attempts = 10  # a deadline, not a count, decides: pauses while one fits in what is left
+    assert [timed.pause() for _ in range(6)] == [0.02, 0.04, 0.08, 0.16, 0.32, None]
+    assert Retries(time.monotonic() - 1.0, most=10).pause() is None

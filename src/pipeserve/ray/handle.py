@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from .. import InputError, RemoteError, RequestTimeout
-from .hop import FIRST_BACKOFF, GRACE, MAX_BACKOFF, NO_DEADLINE_WAIT, retryable_errors
+from .hop import GRACE, NO_DEADLINE_WAIT, Retries, retryable_errors
 from .transfer import apply, outgoing
 
 __all__ = ["PipeHandle"]
@@ -57,9 +57,9 @@ class PipeHandle:
         if not items:
             return item
         end = None if timeout is None else time.monotonic() + timeout
-        attempt, delay = 0, FIRST_BACKOFF
+        retries = Retries(end, self.retries)
         while True:
-            attempt += 1
+            retries.attempts += 1
             response = self._send(items, end)
             try:
                 replies = response.result(timeout_s=self._wait(end))
@@ -67,8 +67,7 @@ class PipeHandle:
                 response.cancel()
                 raise RequestTimeout(_late(timeout)) from None
             except self._retryable as exc:
-                delay = self._retry_after(exc, attempt, delay, end)
-                time.sleep(delay)
+                time.sleep(self._pause(retries, exc))
                 continue
             except Exception as exc:
                 raise self._failed(exc) from exc
@@ -81,9 +80,9 @@ class PipeHandle:
         if not items:
             return item
         end = None if timeout is None else time.monotonic() + timeout
-        attempt, delay = 0, FIRST_BACKOFF
+        retries = Retries(end, self.retries)
         while True:
-            attempt += 1
+            retries.attempts += 1
             response = self._send(items, end)
             try:
                 replies = await asyncio.wait_for(_awaited(response), self._wait(end))
@@ -94,8 +93,7 @@ class PipeHandle:
                 response.cancel()
                 raise
             except self._retryable as exc:
-                delay = self._retry_after(exc, attempt, delay, end)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._pause(retries, exc))
                 continue
             except Exception as exc:
                 raise self._failed(exc) from exc
@@ -112,15 +110,19 @@ class PipeHandle:
     def _wait(end: float | None) -> float:
         return NO_DEADLINE_WAIT if end is None else max(0.0, end - time.monotonic()) + GRACE
 
-    def _retry_after(self, error: BaseException, attempt: int, delay: float, end: float | None) -> float:
-        """The pause before the next attempt, or raise RemoteError when none is left."""
-        left = None if end is None else end - time.monotonic()
-        if (left is not None and left <= delay) or (left is None and attempt >= self.retries):
+    def _pause(self, retries: Retries, error: BaseException) -> float:
+        """The pause before sending a call again whose replica was lost.
+
+        Raises:
+            RemoteError: no attempt is left.
+        """
+        pause = retries.pause()
+        if pause is None:
             raise RemoteError(
-                f"the application's replicas were lost {attempt} time(s): {type(error).__name__}",
+                f"the application's replicas were lost {retries.attempts} time(s): {type(error).__name__}",
                 peer=self._peer(),
             ) from error
-        return min(delay * (2 if attempt > 1 else 1), MAX_BACKOFF)
+        return pause
 
     def _failed(self, error: BaseException) -> BaseException:
         from .. import PipeServeError

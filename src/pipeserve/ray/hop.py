@@ -29,7 +29,7 @@ from typing import Any
 from .. import Backend, ConfigError, Options, PartialFailure, RemoteError, RequestError, RequestTimeout
 from .transfer import apply, outgoing
 
-__all__ = ["RayHop", "connect", "disconnect", "retryable_errors"]
+__all__ = ["RayHop", "Retries", "connect", "disconnect", "retryable_errors"]
 
 FIRST_BACKOFF, MAX_BACKOFF = 0.02, 1.0  # seconds between retries
 GRACE = 1.0  # seconds an answer may take to travel back after the part's deadline passed
@@ -54,6 +54,26 @@ def disconnect(link: str) -> None:
     with _lock:
         for key in [key for key in _handles if key[0] == link]:
             del _handles[key]
+
+
+class Retries:
+    """When a call whose replica was lost goes again (NOTE [ray hops]): after a pause of 20 ms
+    doubling to at most 1 s, while the deadline ``end`` (a monotonic reading) leaves room for the
+    pause, or without one until ``most`` attempts were made. The caller counts ``attempts``."""
+
+    def __init__(self, end: float | None, most: int) -> None:
+        self.end = end
+        self.most = most
+        self.attempts = 0
+        self._delay = FIRST_BACKOFF
+
+    def pause(self) -> float | None:
+        """After a lost attempt: the seconds to wait before the next, or None when none is left."""
+        left = None if self.end is None else self.end - time.monotonic()
+        if (left is not None and left <= self._delay) or (left is None and self.attempts >= self.most):
+            return None
+        delay, self._delay = self._delay, min(2 * self._delay, MAX_BACKOFF)
+        return delay
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:
@@ -125,13 +145,13 @@ class RayHop(Backend):
             return PartialFailure(dict.fromkeys(range(len(payload)), error))
 
         end = None if remaining is None else time.monotonic() + remaining
-        delay, attempt = FIRST_BACKOFF, 0
+        retries = Retries(end, self.retries)
         while True:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 late = f"node {self.options.node!r}: the deadline passed before deployment {self.deployment!r} answered"
                 raise fail_all(RequestTimeout(late, node=self.options.node))
-            attempt += 1
+            retries.attempts += 1
             response = self.handle.run.remote(self.target, payload, left, self.options.traceparent())
             try:
                 replies: list[Any] = response.result(timeout_s=NO_DEADLINE_WAIT if left is None else left + GRACE)
@@ -142,11 +162,11 @@ class RayHop(Backend):
                 late = f"node {self.options.node!r}: deployment {self.deployment!r} did not answer before the deadline"
                 raise fail_all(RequestTimeout(late, node=self.options.node)) from None
             except self.retryable as exc:
-                left = None if end is None else end - time.monotonic()
-                if (left is not None and left <= delay) or (left is None and attempt >= self.retries):
-                    raise fail_all(self._error(f"lost after {attempt} attempt(s): {type(exc).__name__}")) from exc
-                time.sleep(delay)
-                delay = min(2 * delay, MAX_BACKOFF)
+                pause = retries.pause()
+                if pause is None:
+                    lost = f"lost after {retries.attempts} attempt(s): {type(exc).__name__}"
+                    raise fail_all(self._error(lost)) from exc
+                time.sleep(pause)
                 continue
             except Exception as exc:
                 raise fail_all(self._error(f"failed: {type(exc).__name__}: {exc}")) from exc
