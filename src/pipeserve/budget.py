@@ -58,19 +58,27 @@ class CpuSlot:
         most: the most threads one of its calls can use (above 1: elastic, its calls ask for a
             grant).
         busy: the cores its current batch keeps busy (0 between batches); written by its owner.
+        parked: its instance is parked (:meth:`pipeserve.Pipe.adjust`): its weight leaves the
+            fair share until it takes batches again.
     """
 
-    __slots__ = ("budget", "busy", "most", "weight")
+    __slots__ = ("budget", "busy", "most", "parked", "weight")
 
     def __init__(self, budget: CpuBudget, weight: int, most: int) -> None:
         self.budget = budget
         self.weight = weight
         self.most = most
         self.busy = 0
+        self.parked = False
 
     def leave(self) -> None:
         """Leave the budget (idempotent)."""
         self.budget.leave(self)
+
+    def park(self, parked: bool) -> None:
+        """Take the slot's weight out of the fair share while its instance is parked, or put it
+        back (idempotent)."""
+        self.budget.park(self, parked)
 
 
 @dataclass(frozen=True)
@@ -130,8 +138,15 @@ class CpuBudget:
         with self._lock:
             if slot in self._slots:
                 self._slots = tuple(s for s in self._slots if s is not slot)
-                self._weight -= slot.weight
+                self._weight -= 0 if slot.parked else slot.weight
             slot.busy = 0
+
+    def park(self, slot: CpuSlot, parked: bool) -> None:
+        """``slot``'s instance is parked (its weight leaves the fair share) or back at work."""
+        with self._lock:
+            if slot.parked != parked and slot in self._slots:
+                self._weight += -slot.weight if parked else slot.weight
+            slot.parked = parked
 
     def grant(self, slot: CpuSlot, *, widen: bool = True) -> int:
         """Threads ``slot``'s next call may use: its fair share, or the cores the other slots

@@ -178,15 +178,17 @@ class Dispatcher:
         for group in self.groups:
             if group.index == instance.group:
                 # The usual case (no count set) costs one attribute test on this path.
-                parked = group.active is not None and group.over_active()
-                (group.parked if parked else group.idle).append(instance)
+                if group.active is not None and group.over_active():
+                    group.park(instance)
+                else:
+                    group.idle.append(instance)
                 return
 
     def finished(self, instance: Instance, now: float, *, by_worker: bool) -> None:
         """``instance`` finished its batch: fold its busy time, make it idle and dispatch,
         preferring it for the next batch when its own worker asks. A borrowed instance's worker
         is woken only when work was assigned to it or the node closed."""
-        self.stats.compute_seconds += instance.busy_seconds
+        self.stats.record_compute(len(instance.current or ()), instance.busy_seconds)
         instance.compute_seconds += instance.busy_seconds
         instance.busy_seconds = 0.0
         instance.current = None

@@ -148,9 +148,19 @@ class Group:
         beyond it now (busy ones are parked as they become idle), or bring parked ones back."""
         self.active = None if count >= len(self.instances) else max(1, count)
         while self.over_active() and self.idle:
-            self.parked.append(self.idle.pop())
+            self.park(self.idle.pop())
         while self.parked and (self.active is None or len(self.instances) - len(self.parked) < self.active):
-            self.idle.append(self.parked.pop())
+            instance = self.parked.pop()
+            if instance.cpu is not None:
+                instance.cpu.park(False)
+            self.idle.append(instance)
+
+    def park(self, instance: Instance) -> None:
+        """Keep idle ``instance`` out of work; its CPU weight leaves the budget's fair share, so
+        the active instances' share grows (NOTE [elastic budget])."""
+        if instance.cpu is not None:
+            instance.cpu.park(True)
+        self.parked.append(instance)
 
 
 def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:

@@ -34,6 +34,7 @@ class NodeStats:
     inline: int = 0
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    size_seconds: dict[int, float] = field(default_factory=dict)
     errors: int = 0
     expired: int = 0
     dropped: int = 0
@@ -49,6 +50,11 @@ class NodeStats:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.queue_seconds += waited
         self.inline += inline
+
+    def record_compute(self, size: int, seconds: float) -> None:
+        """Count ``seconds`` in ``forward`` for one finished batch of ``size`` items."""
+        self.compute_seconds += seconds
+        self.size_seconds[size] = self.size_seconds.get(size, 0.0) + seconds
 
     def cheap(self) -> bool:
         """Whether a batch here costs less than a thread hand-off (NOTE [hand-off]): measured
@@ -69,6 +75,7 @@ class NodeStats:
             inline=self.inline,
             queue_seconds=self.queue_seconds,
             compute_seconds=self.compute_seconds,
+            compute_by_size=MappingProxyType(dict(sorted(self.size_seconds.items()))),
             errors=self.errors,
             expired=self.expired,
             dropped=self.dropped,
@@ -129,6 +136,8 @@ class NodeStatistics:
         inline: batches run on a caller's thread (NOTE [inline execution]).
         queue_seconds: total time items waited in the queue.
         compute_seconds: total time instances spent in ``forward``.
+        compute_by_size: that time by batch size (batches that finished; with ``batch_sizes``,
+            the cost of a batch as a function of its size, which the autotuner fits).
         errors: items that failed in a backend.
         expired: items dropped because their deadline passed while queued.
         dropped: items dropped because their request had finished or was cancelled.
@@ -156,6 +165,7 @@ class NodeStatistics:
     instances: tuple[InstanceStatistics, ...]
     timed_out: int = 0
     abandoned: int = 0
+    compute_by_size: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def mean_batch_size(self) -> float:

@@ -1,0 +1,202 @@
+"""The online controller: from each interval's sample of a serving pipe, whether to change a knob.
+
+NOTE [autotune]
+Every interval the controller folds the sample into its model (NOTE [tuning model], older
+samples fading, so a drifting load or data is followed) and, unless frozen:
+
+* if a change is on trial, it skips the sample that straddles the change, then judges the next
+  one against the sample before the change: kept when better by more than ``margin`` (meeting
+  the p99 target first, then throughput; missing it, lower p99), or as good with a p99 lower by a
+  tenth; otherwise reverted, and that change is barred (*tabu*) for ``tabu`` intervals. A step
+  in load (concurrency changed by half or more) makes the judgement void: the change is kept and
+  the bars are lifted, since the best setting may have moved;
+* else it plans (NOTE [tuning search]: up to two moves within the space, the model's ranking) and
+  makes the most promising change that is predicted to beat the present setting and is not
+  barred. When none is, it holds; ``settled`` says so after a few quiet intervals.
+
+Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain,
+kept only on a measured one, and a change that failed is not tried again soon, so the controller
+never goes back and forth between two settings. Changes go through ``Pipe.adjust``, which drops
+and fails nothing (queued items batch under the new values). Each change and revert is a
+:class:`Decision`: when, what, why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .model import Load, Model
+from .sample import Sample
+from .search import better, plan, rank_key
+from .space import Setting, Space
+
+__all__ = ["Controller", "Decision"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One change the controller made.
+
+    Attributes:
+        at: when (``time.time()``, or the controller's clock).
+        kind: ``change`` (a trial), ``revert`` (a trial that measured worse) or ``keep``.
+        what: the knobs that changed, in words.
+        why: what the controller saw and expected.
+        before, after: the settings.
+    """
+
+    at: float
+    kind: str
+    what: str
+    why: str
+    before: Setting
+    after: Setting
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "at": self.at,
+            "kind": self.kind,
+            "what": self.what,
+            "why": self.why,
+            "after": {name: str(knobs) for name, knobs in self.after.items()},
+        }
+
+
+@dataclass
+class _Trial:
+    before: Setting
+    baseline: Sample
+    what: str
+    key: tuple[object, ...]
+    wait: int
+
+
+class Controller:
+    """Decides changes from samples (NOTE [autotune]).
+
+    Args:
+        space: the bounds and instance budget.
+        start: the setting the pipe runs now.
+        target_ms: the p99 target.
+        margin: the measured gain (a share) a change must show to be kept.
+        tabu: intervals a reverted change is barred for.
+        min_requests: samples with fewer completed requests are too thin to judge by.
+        memory: how much of its past the model keeps per sample.
+        clock: what ``Decision.at`` reads.
+    """
+
+    def __init__(
+        self,
+        space: Space,
+        start: Setting,
+        target_ms: float,
+        *,
+        margin: float = 0.03,
+        tabu: int = 30,
+        min_requests: int = 20,
+        memory: float = 0.8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.space = space
+        self.setting: Setting = MappingProxyType(dict(start))
+        self.target_ms = target_ms
+        self.margin = margin
+        self.tabu = tabu
+        self.min_requests = min_requests
+        self.model = Model(memory)
+        self.clock = clock
+        self.frozen = False
+        self.decisions: list[Decision] = []
+        self.quiet = 0  # intervals since the last change
+        self._trial: _Trial | None = None
+        self._barred: dict[tuple[object, ...], int] = {}
+        self._tick = 0
+        self._concurrency = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """No change on trial and none made for the last 5 intervals."""
+        return self._trial is None and self.quiet >= 5
+
+    def observe(self, sample: Sample) -> Setting | None:
+        """Fold in one interval's sample; the new setting to apply, or None to keep this one."""
+        self._tick += 1
+        if sample.completed < self.min_requests:
+            return None
+        self.model.update(sample)
+        if self._concurrency and abs(sample.concurrency - self._concurrency) > 0.5 * self._concurrency:
+            self._barred.clear()  # a step in load: the best setting may have moved
+            if self._trial is not None:
+                self._finish("keep", f"load changed (concurrency {self._concurrency:.3g} -> {sample.concurrency:.3g})")
+        self._concurrency = sample.concurrency
+        if self._trial is not None:
+            return self._judge(sample)
+        if self.frozen:
+            return None
+        return self._propose(sample)
+
+    def _judge(self, sample: Sample) -> Setting | None:
+        trial = self._trial
+        assert trial is not None
+        if trial.wait > 0:
+            trial.wait -= 1
+            return None
+        base = trial.baseline
+        kept = better(sample, base, self.target_ms, self.margin) or (
+            not better(base, sample, self.target_ms, self.margin) and sample.p99_ms <= 0.9 * base.p99_ms
+        )
+        seen = (
+            f"{sample.throughput:.3g}/s p99 {sample.p99_ms:.3g} ms, "
+            f"before {base.throughput:.3g}/s p99 {base.p99_ms:.3g} ms"
+        )
+        if kept:
+            self._finish("keep", f"measured {seen}")
+            return None
+        self._barred[trial.key] = self._tick + self.tabu
+        reverted = trial.before
+        self._record("revert", f"undo {trial.what}", f"measured {seen}", reverted)
+        self._trial = None
+        return reverted
+
+    def _propose(self, sample: Sample) -> Setting | None:
+        self.quiet += 1
+        load = Load.seen(sample)
+        base = (self.setting, sample)
+        here = rank_key(self.model.predict(self.setting, load, base), self.target_ms)
+        for move, prediction in plan(self.space, self.model, load, base, self.target_ms, depth=2, width=16):
+            if self._barred.get(move.key, 0) > self._tick:
+                continue
+            if rank_key(prediction, self.target_ms) <= here:
+                return None
+            if not self._worth(prediction.throughput, prediction.p99_ms, sample):
+                continue
+            why = (
+                f"measured {sample.throughput:.3g}/s p99 {sample.p99_ms:.3g} ms (target {self.target_ms:g}); "
+                f"predicted {prediction.throughput:.3g}/s p99 {prediction.p99_ms:.3g} ms"
+            )
+            self._trial = _Trial(self.setting, sample, move.what, move.key, wait=1)
+            self._record("change", move.what, why, move.setting)
+            return self.setting
+        return None
+
+    def _worth(self, throughput: float, p99_ms: float, sample: Sample) -> bool:
+        """Whether a predicted gain clears the margin: hysteresis against changes for noise."""
+        if sample.p99_ms > self.target_ms:
+            return p99_ms <= sample.p99_ms * (1 - 2 * self.margin)
+        return p99_ms <= self.target_ms and throughput >= sample.throughput * (1 + 2 * self.margin)
+
+    def _finish(self, kind: str, why: str) -> None:
+        trial = self._trial
+        assert trial is not None
+        self._record(kind, trial.what, why, self.setting)
+        self._trial = None
+
+    def _record(self, kind: str, what: str, why: str, after: Setting) -> None:
+        before = self.setting
+        self.setting = MappingProxyType(dict(after))
+        if kind != "keep":
+            self.quiet = 0
+        self.decisions.append(Decision(self.clock(), kind, what, why, before, self.setting))
