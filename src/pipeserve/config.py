@@ -69,10 +69,12 @@ class PipeConfig:
     Attributes:
         globals: the global defaults (also merged into every node).
         nodes: the nodes by name, in the order they were declared.
+        autotune: the pipe-wide ``autotune`` table (:mod:`pipeserve.tuning.autotune`), or None.
     """
 
     globals: Params
     nodes: Mapping[str, NodeConfig]
+    autotune: Params | None = None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> PipeConfig:
@@ -106,6 +108,9 @@ def _read_toml(path: str) -> dict[str, Any]:
 
 
 def _from_raw(raw: dict[str, Any]) -> PipeConfig:
+    autotune = raw.pop("autotune", None)
+    if autotune is not None and not isinstance(autotune, Mapping):
+        raise ConfigError("expected a table such as { p99_ms = 100 }", key="autotune")
     explicit_globals = raw.pop("global", {})
     if not isinstance(explicit_globals, Mapping):
         raise ConfigError("expected a table of defaults", key="global")
@@ -122,7 +127,8 @@ def _from_raw(raw: dict[str, Any]) -> PipeConfig:
         params = MappingProxyType({**globals_, **dict(own)})
         groups = tuple(MappingProxyType(g) for g in expand_groups(params, node=name))
         nodes[name] = NodeConfig(name, params, groups)
-    return PipeConfig(MappingProxyType(globals_), MappingProxyType(nodes))
+    frozen = MappingProxyType(dict(autotune)) if autotune is not None else None
+    return PipeConfig(MappingProxyType(globals_), MappingProxyType(nodes), frozen)
 
 
 def _check_node_name(name: str) -> None:

@@ -29,6 +29,9 @@ class NodeDescription:
         max_queue: its queue bound in items (0: none).
         active_instances: the instances taking batches now (``instances`` unless
             :meth:`pipeserve.Pipe.adjust` parked some).
+        batch_limit: the largest batch its backends accept (``max`` can be raised to it).
+        computes: its instances compute on the CPU (they share the pipe's cores; a ``Remote``
+            node's wait on the network).
     """
 
     name: str
@@ -40,6 +43,8 @@ class NodeDescription:
     batching_timeout_ms: float
     max_queue: int
     active_instances: int
+    batch_limit: int = 1
+    computes: bool = True
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,11 @@ class Node:
 
     # ----------------------------------------------------------------- feeding
     @property
+    def batch_limit(self) -> int:
+        """The largest batch any of its backends accepts."""
+        return max(g.limit for g in self._dispatch.groups)
+
+    @property
     def batch_range(self) -> tuple[int, int]:
         """The smallest and largest batch the node runs."""
         return self._dispatch.batch_range

@@ -47,6 +47,7 @@ from .signature import parse_signature
 from .statistics import Health, NodeHealth, NodeStatistics
 from .syntax import parse_backend
 from .tracing import Trace, TraceExporter, TraceSink, parse_traceparent
+from .tuning.autotune import AutoTuner, attach, widened
 
 __all__ = ["Observer", "Pipe", "PipeState", "TraceOption", "instance_count", "pipe"]
 
@@ -164,12 +165,16 @@ class Pipe:
             raise ConfigError(f"trace_rate must be within 0..1, got {self._trace_rate}", key="trace_rate")
         trace_file = pipe_keys.get("trace_file")
         self._nodes: dict[str, Node] = {}  # every check that can fail without building is above
+        self._autotune: AutoTuner | None = None
         try:
             for name, node in self.graph.nodes.items():
                 if node.kind == COMPUTE and node.physical == name:
                     settings = NodeSettings.from_config(self.config.nodes[name])
                     import_modules(settings.imports, name)  # they register backends
-                    self._nodes[name] = Node(self.config.nodes[name], settings=settings, clock=clock)
+                    built = self.config.nodes[name]
+                    if self.config.autotune is not None:
+                        built = widened(built)  # the tuner's instances beyond instance_num, parked
+                    self._nodes[name] = Node(built, settings=settings, clock=clock)
             # The cores are one budget for the process: stages and pipes run at the same time
             # (NOTE [elastic budget]). Instances that wait on the network (a Remote node's) take
             # no share.
@@ -182,6 +187,9 @@ class Pipe:
                 scheduled.share_cpu(threads, budget)
                 scheduled.start()
             self._executor = Executor(self.graph, self._nodes)
+            self._autotune = (
+                attach(self, self.config.autotune, clock=clock) if self.config.autotune is not None else None
+            )
         except BaseException:
             for started in self._nodes.values():
                 started.close()
@@ -196,6 +204,8 @@ class Pipe:
         self._tracing = False
         self._close_lock = threading.Lock()
         self._state = PipeState.READY
+        if self._autotune is not None:
+            self._autotune.start()
 
     # ----------------------------------------------------------------- calls
     def __call__(self, item: Item | list[Item], *, timeout: float | None = None, trace: TraceOption = None) -> Any:
@@ -470,6 +480,8 @@ class Pipe:
                 batch_range=node.batch_range,
                 batching_timeout_ms=1e3 * node.batching_window,
                 max_queue=node.settings.max_queue,
+                batch_limit=node.batch_limit,
+                computes=node.computing_instances > 0,
             )
         entries = {}
         for entry in self._entries:
@@ -570,8 +582,21 @@ class Pipe:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-node statistics as plain data: queued, running, batches, batch-size histogram,
         release reasons, mean queue and compute time, errors, expired, rejected (the dict view
-        of :meth:`statistics`)."""
-        return {name: node.stats() for name, node in self._nodes.items()}
+        of :meth:`statistics`); under ``autotune``, each tuned node's ``autotune`` entry: its
+        knobs now and the decisions that changed them."""
+        stats = {name: node.stats() for name, node in self._nodes.items()}
+        if self._autotune is not None:
+            for name, entry in stats.items():
+                tuned = self._autotune.node_status(name)
+                if tuned is not None:
+                    entry["autotune"] = tuned
+        return stats
+
+    @property
+    def autotune(self) -> AutoTuner | None:
+        """The tuner when the configuration has an ``autotune`` table (NOTE [autotune]): its
+        ``status()``, ``decisions``, ``freeze()`` and ``unfreeze()``; else None."""
+        return self._autotune
 
     def health(self, *, stuck_after: float = 60.0) -> Health:
         """The pipe's state and each instance's health: alive, broken (its worker ended while
@@ -595,6 +620,8 @@ class Pipe:
             # A close without drain during a drain forces it: both go on to close the nodes,
             # which is idempotent, and the drain's wait ends once the forced close failed the rest.
             self._state = PipeState.DRAINING if drain else PipeState.CLOSED
+        if self._autotune is not None:
+            self._autotune.close()  # no change while the nodes close
         end = self._clock() + timeout
         if drain:
             self._inflight.wait_idle(timeout, self._clock)

@@ -33,7 +33,10 @@ from .sample import Sample
 from .search import better, plan, rank_key
 from .space import Setting, Space
 
-__all__ = ["Controller", "Decision"]
+__all__ = ["KEPT", "Controller", "Decision"]
+
+KEPT = 1000
+"""Decisions a controller remembers (``counts`` counts them all)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class _Trial:
     baseline: Sample
     what: str
     key: tuple[object, ...]
+    nodes: tuple[str, ...]
     wait: int
 
 
@@ -109,7 +113,8 @@ class Controller:
         self.model = Model(memory)
         self.clock = clock
         self.frozen = False
-        self.decisions: list[Decision] = []
+        self.decisions: list[Decision] = []  # the last KEPT of them
+        self.counts: dict[tuple[str, str], int] = {}  # (node, kind) -> decisions that changed it
         self.quiet = 0  # intervals since the last change
         self._trial: _Trial | None = None
         self._barred: dict[tuple[object, ...], int] = {}
@@ -157,7 +162,7 @@ class Controller:
             return None
         self._barred[trial.key] = self._tick + self.tabu
         reverted = trial.before
-        self._record("revert", f"undo {trial.what}", f"measured {seen}", reverted)
+        self._record("revert", f"undo {trial.what}", f"measured {seen}", reverted, trial.nodes)
         self._trial = None
         return reverted
 
@@ -177,8 +182,9 @@ class Controller:
                 f"measured {sample.throughput:.3g}/s p99 {sample.p99_ms:.3g} ms (target {self.target_ms:g}); "
                 f"predicted {prediction.throughput:.3g}/s p99 {prediction.p99_ms:.3g} ms"
             )
-            self._trial = _Trial(self.setting, sample, move.what, move.key, wait=1)
-            self._record("change", move.what, why, move.setting)
+            nodes = tuple(dict.fromkeys(move.nodes))
+            self._trial = _Trial(self.setting, sample, move.what, move.key, nodes, wait=1)
+            self._record("change", move.what, why, move.setting, nodes)
             return self.setting
         return None
 
@@ -191,12 +197,15 @@ class Controller:
     def _finish(self, kind: str, why: str) -> None:
         trial = self._trial
         assert trial is not None
-        self._record(kind, trial.what, why, self.setting)
+        self._record(kind, trial.what, why, self.setting, trial.nodes)
         self._trial = None
 
-    def _record(self, kind: str, what: str, why: str, after: Setting) -> None:
+    def _record(self, kind: str, what: str, why: str, after: Setting, nodes: tuple[str, ...]) -> None:
         before = self.setting
         self.setting = MappingProxyType(dict(after))
         if kind != "keep":
             self.quiet = 0
+        for node in nodes:
+            self.counts[(node, kind)] = self.counts.get((node, kind), 0) + 1
         self.decisions.append(Decision(self.clock(), kind, what, why, before, self.setting))
+        del self.decisions[:-KEPT]
