@@ -218,7 +218,7 @@ class AutoTuner:
         return self.controller.frozen
 
     def freeze(self) -> None:
-        """Stop changing knobs; a change on trial is judged and kept or reverted first."""
+        """Stop changing knobs (a change on trial stays); the tuner still samples."""
         with self._lock:
             self.controller.frozen = True
 
@@ -270,8 +270,8 @@ class AutoTuner:
                     "p99_ms": sample.p99_ms,
                     "completed": sample.completed,
                 },
-                "changes": sum(c for (_, kind), c in self.controller.counts.items() if kind == "change"),
-                "reverts": sum(c for (_, kind), c in self.controller.counts.items() if kind == "revert"),
+                "changes": self.controller.totals.get("change", 0),
+                "reverts": self.controller.totals.get("revert", 0),
                 "decisions": decisions,
             }
 

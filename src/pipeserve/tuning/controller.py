@@ -5,18 +5,21 @@ Every interval the controller folds the sample into its model (NOTE [tuning mode
 samples fading, so a drifting load or data is followed) and, unless frozen:
 
 * if a change is on trial, it skips the sample that straddles the change, then judges the next
-  one against the sample before the change: kept when better by more than ``margin`` (meeting
-  the p99 target first, then throughput; missing it, lower p99), or as good with a p99 lower by a
-  tenth; otherwise reverted, and that change is barred (*tabu*) for ``tabu`` intervals. A step
+  one against the sample before the change: reverted when worse by more than ``margin`` (meeting
+  the p99 target first, then throughput; missing it, lower p99), and that change barred (*tabu*)
+  for ``tabu`` intervals; otherwise kept (a change that measures level may open the way to the
+  next one), and the way back barred as long. A step
   in load (concurrency changed by half or more) makes the judgement void: the change is kept and
   the bars are lifted, since the best setting may have moved;
+* frozen, it changes nothing (a change on trial is kept as it is);
 * else it plans (NOTE [tuning search]: up to two moves within the space, the model's ranking) and
   makes the most promising change that is predicted to beat the present setting and is not
   barred. When none is, it holds; ``settled`` says so after a few quiet intervals.
 
-Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain,
-kept only on a measured one, and a change that failed is not tried again soon, so the controller
-never goes back and forth between two settings. Changes go through ``Pipe.adjust``, which drops
+Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain
+of twice the margin, undone only on a measured loss of more than the margin, and neither a failed
+change nor the way back from a kept one is tried again soon, so the controller never goes back and
+forth between two settings. Changes go through ``Pipe.adjust``, which drops
 and fails nothing (queued items batch under the new values). Each change and revert is a
 :class:`Decision`: when, what, why.
 """
@@ -115,6 +118,7 @@ class Controller:
         self.frozen = False
         self.decisions: list[Decision] = []  # the last KEPT of them
         self.counts: dict[tuple[str, str], int] = {}  # (node, kind) -> decisions that changed it
+        self.totals: dict[str, int] = {}  # kind -> decisions
         self.quiet = 0  # intervals since the last change
         self._trial: _Trial | None = None
         self._barred: dict[tuple[object, ...], int] = {}
@@ -137,6 +141,8 @@ class Controller:
             if self._trial is not None:
                 self._finish("keep", f"load changed (concurrency {self._concurrency:.3g} -> {sample.concurrency:.3g})")
         self._concurrency = sample.concurrency
+        if self._trial is not None and self.frozen:
+            self._finish("keep", "frozen while on trial")  # frozen: no change at all, reverts included
         if self._trial is not None:
             return self._judge(sample)
         if self.frozen:
@@ -150,14 +156,15 @@ class Controller:
             trial.wait -= 1
             return None
         base = trial.baseline
-        kept = better(sample, base, self.target_ms, self.margin) or (
-            not better(base, sample, self.target_ms, self.margin) and sample.p99_ms <= 0.9 * base.p99_ms
-        )
+        # Kept unless measurably worse: a change that measures level may open the way to the
+        # next one (the model predicted a gain); the way back is barred for a while instead.
+        kept = not better(base, sample, self.target_ms, self.margin)
         seen = (
             f"{sample.throughput:.3g}/s p99 {sample.p99_ms:.3g} ms, "
             f"before {base.throughput:.3g}/s p99 {base.p99_ms:.3g} ms"
         )
         if kept:
+            self._barred[tuple(sorted(trial.before.items()))] = self._tick + self.tabu
             self._finish("keep", f"measured {seen}")
             return None
         self._barred[trial.key] = self._tick + self.tabu
@@ -207,5 +214,6 @@ class Controller:
             self.quiet = 0
         for node in nodes:
             self.counts[(node, kind)] = self.counts.get((node, kind), 0) + 1
+        self.totals[kind] = self.totals.get(kind, 0) + 1
         self.decisions.append(Decision(self.clock(), kind, what, why, before, self.setting))
         del self.decisions[:-KEPT]
