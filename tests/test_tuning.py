@@ -255,3 +255,45 @@ def test_bad_autotune_settings_are_config_errors(change: Mapping[str, Any], mess
             config[key] = value
     with pytest.raises(ps.ConfigError, match=message):
         ps.pipe(config, budget=ps.CpuBudget(5)).close()
+
+
+# ---------------------------------------------------------------------------- pipeserve tune
+def test_pipeserve_tune_writes_a_tuned_config_with_reasons_and_a_report(tmp_path: Any) -> None:
+    import json
+
+    import tomllib
+
+    from pipeserve.cli import main
+
+    source = tmp_path / "three.toml"
+    source.write_text(
+        "\n".join(
+            f'[{name}]\nbackend = "Sleep"\nsleep_ms = {fixed}\nper_item_ms = {per_item}\n{nxt}'
+            "tune = { instances = [1, 3], max = [1, 8], window_ms = [0, 0] }\n"
+            for name, fixed, per_item, nxt in (
+                ("a", 1.0, 0.2, 'next = "b"\n'),
+                ("b", 4.0, 0.5, 'next = "c"\n'),
+                ("c", 0.5, 1.0, ""),
+            )
+        )
+    )
+    out, report = tmp_path / "tuned.toml", tmp_path / "report.json"
+    argv = [str(source), "--p99", "500", "--clients", "8", "--trial-s", "0.4", "--warmup-s", "0.1"]
+    assert main(["tune", *argv, "--cpu-count", "4", "--budget-s", "5", "--out", str(out), "--report", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    trials = figures["trials"]
+    assert len(trials) >= 2 and trials[0]["why"] == "the start"
+    best = trials[figures["best"]]
+    assert best["throughput"] > trials[0]["throughput"] and best["meets_target"]
+    assert all(t["failed"] == 0 for t in trials)
+    text = out.read_text()
+    tuned = tomllib.loads(text)
+    assert set(tuned) == {"a", "b", "c"} and tuned["a"]["next"] == "b"
+    for name, knobs in best["setting"].items():
+        assert tuned[name].get("instance_num", 1) == knobs["instances"]
+        assert tuned[name].get("max", 1) == knobs["max"]
+    changed = [line for line in text.splitlines() if "# tuned: was" in line]
+    assert changed and all("->" in line or line.endswith("was 1") for line in changed)
+    assert sum(t["instances"] for t in best["setting"].values()) <= figures["space"]["instance_budget"]
+    with ps.pipe(str(out)) as pipe:  # the tuned file is a configuration like any other
+        assert pipe({"data": 3}) == {"data": 3, "result": 3}

@@ -3,6 +3,7 @@
 pipeserve demo                      the main job: the OCR service on bundled pages
 pipeserve serve CONFIG... [options] serve pipelines over HTTP and gRPC (Triton's protocol)
 pipeserve bench CONFIG [options]    load-test any pipeline configuration (--url: a served model)
+pipeserve tune CONFIG --p99 MS      search instances, batch sizes and windows for a latency target
 pipeserve backends                  list registered backends and filters
 pipeserve graph CONFIG [--format dot] [--png F] [--svg F]   draw a pipeline's graph
 """
@@ -116,6 +117,61 @@ def _load(
         if args.rate:
             break
     return results
+
+
+def tune(args: argparse.Namespace) -> int:
+    """``tune CONFIG --p99 MS``: the offline search (:mod:`pipeserve.bench.tune`); writes the
+    tuned TOML (``--out``), and where asked the report (``--report``) and the frontier's plot
+    (``--plot``, refused before the search when matplotlib is missing)."""
+    from .bench.tune import TuneOptions, tuned_toml, write_plot, write_report
+    from .bench.tune import tune as search
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("pipeserve tune: --plot needs matplotlib (pip install matplotlib)", file=sys.stderr)
+            return 2
+    name = args.config
+    source: Any = args.config
+    if args.config == "ocr":
+        from .examples.ocr import config as ocr_config
+        from .examples.ocr.demo import IMAGES
+
+        source = ocr_config()
+        args.input = args.input or str(IMAGES)
+    options = TuneOptions(
+        p99_ms=args.p99,
+        clients=args.clients,
+        rate=args.rate,
+        budget_s=args.budget_s,
+        trial_s=args.trial_s,
+        warmup_s=args.warmup_s,
+        cpu_count=args.cpu_count,
+    )
+    print(
+        f"tuning {name} for p99 <= {args.p99:g} ms under {options.describe_load()}: "
+        f"trials of {args.trial_s:g} s (+{args.warmup_s:g} s warm-up), {args.budget_s:g} s at most",
+        file=sys.stderr,
+    )
+    result = search(source, _items_from(args), options)
+    out = args.out or (Path(name).stem if name != "ocr" else "ocr") + ".tuned.toml"
+    Path(out).write_text(tuned_toml(result, name))
+    best = result.best
+    print(
+        f"best (trial {best.index}): {best.sample.throughput:.3g}/s, p50 {best.sample.p50_ms:.4g} ms, "
+        f"p99 {best.sample.p99_ms:.4g} ms; as configured {result.start.sample.throughput:.3g}/s, "
+        f"p99 {result.start.sample.p99_ms:.4g} ms; {len(result.search.trials)} trials in {result.elapsed_s:.0f} s "
+        f"({result.search.stopped})"
+    )
+    print(f"wrote {out}")
+    if args.report:
+        write_report(result, name, args.report)
+        print(f"wrote {args.report}")
+    if args.plot:
+        write_plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def _seconds(args: argparse.Namespace) -> float:
@@ -278,6 +334,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--json", metavar="FILE", help="write the figures (rows, latency over time, machine) as JSON")
     load.add_argument("--plot", metavar="FILE", help="draw latency over time, throughput vs clients (.png/.svg/.pdf)")
 
+    tuning = commands.add_parser("tune", help="search instances, batch sizes and windows for a p99 target")
+    tuning.add_argument("config", help="a TOML file, or 'ocr' for the bundled OCR pipeline (on its bundled pages)")
+    tuning.add_argument("--p99", type=float, required=True, metavar="MS", help="the p99 latency target, in ms")
+    offered = tuning.add_mutually_exclusive_group()
+    offered.add_argument("--clients", type=_positive, default=16, help="closed-loop clients (default 16)")
+    offered.add_argument("--rate", type=float, default=0.0, help="instead: an open loop of this many requests/s")
+    tuning.add_argument("--budget-s", type=float, default=300.0, help="time for the whole search (default 300 s)")
+    tuning.add_argument("--trial-s", type=float, default=5.0, help="measured seconds per trial (default 5)")
+    tuning.add_argument("--warmup-s", type=float, default=1.0, help="warm-up seconds before each trial (default 1)")
+    tuning.add_argument("--cpu-count", type=_positive, default=None, help="cores the pipe may use (default: all)")
+    tuning.add_argument("--input", help="a folder whose files are sent as bytes in 'data'")
+    tuning.add_argument("--data", default="x", help="the 'data' to send when no --input is given")
+    tuning.add_argument("--out", help="the tuned TOML (default: CONFIG's name + .tuned.toml, here)")
+    tuning.add_argument("--report", metavar="FILE", help="write every trial, the best and the frontier as JSON")
+    tuning.add_argument("--plot", metavar="FILE", help="draw throughput against p99 of the trials (.png/.svg/.pdf)")
+
     commands.add_parser("backends", help="list registered backends and filters")
 
     draw = commands.add_parser("graph", help="print a pipeline's graph as Mermaid or DOT, or render it")
@@ -311,6 +383,8 @@ def _run(args: argparse.Namespace) -> int:
         return serve(args)
     if args.command == "graph":
         return graph(args)
+    if args.command == "tune":
+        return tune(args)
     print("backends:", ", ".join(pipeserve.list_backends()))
     print("filters: ", ", ".join(pipeserve.list_filters()))
     return 0
