@@ -61,7 +61,7 @@ CORE_LAYERS = [
 BACKEND_KIT = {"backend", "config", "errors", "filters"}
 # The layers on top see pipeserve as its users do: the names in pipeserve.__all__ and these
 # public modules (the shared protocol codec among them), plus their own package.
-PUBLIC_MODULES = {"bench", "cli", "diagram", "examples", "metrics", "oip", "ray", "server"}
+PUBLIC_MODULES = {"bench", "cli", "diagram", "examples", "metrics", "oip", "ray", "server", "tuning"}
 UPPER = ("cli", "__main__", "bench", "examples", "server", "ray", "oip", "metrics", "backends.remote")
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "pipeserve"

@@ -422,8 +422,9 @@ class PipeCollector:
         )
 
         budgets: dict[int, Any] = {}
+        watched = list(self._models())
 
-        for model in self._models():
+        for model in watched:
             budgets.setdefault(id(model.pipe.budget), model.pipe.budget)
             snap = model.tally.snapshot()
             statistics = model.pipe.statistics()  # one snapshot for Triton's figures and the nodes'
@@ -479,6 +480,33 @@ class PipeCollector:
         yield from (arrived, items, batches, sizes, releases, inline, depth, running, queue_s, compute_s)
         yield from (failed, expired, rejected, cancelled, timed_out, abandoned, instances, busy, instance_batches)
         yield from _budget_families(budgets.values(), GaugeMetricFamily, CounterMetricFamily)
+        yield from _knob_families(watched, GaugeMetricFamily, CounterMetricFamily)
+
+
+def _knob_families(models: list[WatchedModel], gauge: Any, counter: Any) -> list[Any]:
+    """Each node's batch max, window and active instances now, and the autotuner's decisions
+    (NOTE [autotune]): what changed them and when shows in these series."""
+    node_labels = ["model", "node"]
+    batch_max = gauge("pipeserve_node_batch_max", "The largest batch the node runs now", labels=node_labels)
+    window = gauge("pipeserve_node_batching_window_seconds", "The node's batching window now", labels=node_labels)
+    active = gauge("pipeserve_node_active_instances", "Instances taking batches now", labels=node_labels)
+    decisions = counter(
+        "pipeserve_autotune_decisions", "Autotune changes, keeps and reverts, by node", labels=[*node_labels, "kind"]
+    )
+    frozen = gauge("pipeserve_autotune_frozen", "1 while the model's autotuner is frozen", labels=["model"])
+    target = gauge("pipeserve_autotune_target_p99_seconds", "The autotuner's p99 target", labels=["model"])
+    for model in models:
+        for name, node in model.pipe.describe().nodes.items():
+            batch_max.add_metric([model.name, name], node.batch_range[1])
+            window.add_metric([model.name, name], node.batching_timeout_ms / 1e3)
+            active.add_metric([model.name, name], node.active_instances)
+        tuner = model.pipe.autotune
+        if tuner is not None:
+            for (node_name, kind), number in sorted(tuner.counts().items()):
+                decisions.add_metric([model.name, node_name, kind], number)
+            frozen.add_metric([model.name], 1.0 if tuner.frozen else 0.0)
+            target.add_metric([model.name], tuner.settings.p99_ms / 1e3)
+    return [batch_max, window, active, decisions, frozen, target]
 
 
 def _bound(value: float) -> str:

@@ -20,24 +20,20 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TextIO
 
-from ..budget import CpuBudget
-from ..config import NodeConfig, PipeConfig, get_int, load_config
-from ..pipe import Pipe
-from ..tuning import Knobs, Load, Sample, Search, Setting, Space, Trial
-from ..tuning.autotune import AutotuneSettings, node_bounds, tune_table
+from .. import CpuBudget, Pipe
+from ..tuning import Load, Sample, Search, Setting, Trial, better
+from ..tuning.offline import OfflinePlan, plan_offline, toml_text, toml_value
 from .loadgen import LoadResult, run_closed_loop, run_open_loop
 
-__all__ = ["TuneOptions", "TuneResult", "offline_space", "tune", "tuned_toml", "write_plot", "write_report"]
+__all__ = ["TuneOptions", "TuneResult", "tune", "tuned_toml", "write_plot", "write_report"]
 
 Item = dict[str, Any]
 
@@ -71,7 +67,7 @@ class TuneResult:
     given), the best, why it stopped, and how long it took."""
 
     search: Search
-    config: PipeConfig
+    plan: OfflinePlan
     options: TuneOptions
     elapsed_s: float
     loads: list[LoadResult] = field(default_factory=list)
@@ -87,54 +83,6 @@ class TuneResult:
         return self.search.trials[0]
 
 
-def offline_space(config: PipeConfig, cores: int) -> tuple[Space, Setting, dict[str, NodeConfig]]:
-    """The space, the configuration's own setting, and the node configurations to build (with
-    the high bounds of instances and ``max``), from a configuration and the cores."""
-    bounds = {}
-    start = {}
-    built = {}
-    declared = 0
-    computing = set()
-    for name, node in config.nodes.items():
-        backend = str(node.params.get("backend", "Identity"))
-        if backend in ("Jump", "MapReduce") or len(node.groups) > 1 or tune_table(node.params, name).get("frozen"):
-            built[name] = node  # graph-only, bucket groups (left as configured) or frozen
-            continue
-        table = dict(tune_table(node.params, name))
-        instance_num = get_int(node.params, "instance_num", 1, node=name, minimum=1)
-        configured = get_int(node.params, "max", 1, node=name, minimum=1)
-        window = float(node.params.get("batching_timeout", 0.0))
-        remote = backend.startswith("Remote")
-        table.setdefault("instances", [1, instance_num if remote else max(instance_num, cores)])
-        own = node_bounds(table, name, instance_num=instance_num, batch=(1, configured, 1 << 30), window_ms=window)
-        bounds[name] = own
-        start[name] = own.clamp(Knobs(instance_num, configured, window))
-        high_instances, high_max = own.instances[1], own.max[1]
-        groups = tuple(
-            MappingProxyType({**g, "instance_num": max(high_instances, 1), "max": max(high_max, configured)})
-            for g in node.groups
-        )
-        built[name] = NodeConfig(name, node.params, groups)
-        if not remote:
-            computing.add(name)
-            declared += instance_num
-    settings = AutotuneSettings.read({"p99_ms": 1, **(config.autotune or {})})
-    budget = settings.instances or max(declared, cores)
-    return Space(MappingProxyType(bounds), budget, frozenset(computing)), MappingProxyType(start), built
-
-
-def _with_nodes(config: PipeConfig, nodes: Mapping[str, NodeConfig], tuned: Space) -> dict[str, Any]:
-    """A ``{node: {...}}`` dict building ``nodes``: the tuned ones with their (single) group's
-    instances and ``max``, the others as configured."""
-    raw: dict[str, Any] = {"global": dict(config.globals)}
-    for name, node in nodes.items():
-        params = {k: v for k, v in node.params.items() if k not in config.globals or config.globals[k] != v}
-        if name in tuned.bounds:
-            params.update({k: node.groups[0][k] for k in ("instance_num", "max")})
-        raw[name] = params
-    return raw
-
-
 def tune(
     source: str | os.PathLike[str] | Mapping[str, Any],
     make_item: Callable[[int], Item],
@@ -145,13 +93,12 @@ def tune(
     """Search for the best setting of ``source`` for ``options`` (see the module docstring);
     trials run until the search stops or ``budget_s`` would be exceeded."""
     began = time.perf_counter()
-    config = load_config(source)
     budget = CpuBudget(options.cpu_count)
-    space, start, built = offline_space(config, budget.cores)
-    search = Search(space, start, options.p99_ms, options.load, patience=options.patience)
-    result = TuneResult(search, config, options, 0.0)
-    with Pipe(_with_nodes(config, built, space), budget=budget) as pipe:
-        for name, bounds in space.bounds.items():
+    plan = plan_offline(source, budget.cores)
+    search = Search(plan.space, plan.start, options.p99_ms, options.load, patience=options.patience)
+    result = TuneResult(search, plan, options, 0.0)
+    with Pipe(plan.build, budget=budget) as pipe:
+        for name, bounds in plan.space.bounds.items():
             if pipe.describe().nodes[name].batch_limit < bounds.max[1]:  # the backend's own limit
                 raise ValueError(f"node {name!r} takes batches of at most {pipe.describe().nodes[name].batch_limit}")
         while (proposal := search.next()) is not None:
@@ -202,45 +149,17 @@ def tuned_toml(result: TuneResult, source_name: str) -> str:
     """The configuration with the best setting, each changed key commented with why."""
     best, start, options = result.best, result.start, result.options
     b, s = best.sample, start.sample
-    lines = [
-        f"# Tuned by `pipeserve tune {source_name} --p99 {options.p99_ms:g}` on {datetime.date.today()}, under"
+    header = [
+        f"Tuned by `pipeserve tune {source_name} --p99 {options.p99_ms:g}` on {datetime.date.today()}, under"
         f" {options.describe_load()}:",
-        f"# {b.throughput:.3g} requests/s, p50 {b.p50_ms:.4g} ms, p99 {b.p99_ms:.4g} ms"
+        f"{b.throughput:.3g} requests/s, p50 {b.p50_ms:.4g} ms, p99 {b.p99_ms:.4g} ms"
         f" (as configured: {s.throughput:.3g}/s, p99 {s.p99_ms:.4g} ms); target p99 {options.p99_ms:g} ms"
         f" {'met' if best.meets(options.p99_ms) else 'NOT met'}.",
-        f"# {len(result.search.trials)} trials in {result.elapsed_s:.0f} s;"
-        f" the search stopped: {result.search.stopped}.",
-        "",
+        f"{len(result.search.trials)} trials in {result.elapsed_s:.0f} s; the search stopped: {result.search.stopped}.",
     ]
-    config = result.config
-    for key, value in config.globals.items():
-        lines.append(f"{key} = {_toml(value)}")
-    if config.autotune is not None:
-        lines.append(f"autotune = {_toml(dict(config.autotune))}")
-    if config.globals or config.autotune is not None:
-        lines.append("")
-    for name, node in config.nodes.items():
-        lines.append(f"[{_key(name)}]")
-        knobs = best.setting.get(name)
-        original = start.setting.get(name)
-        own = {k: v for k, v in node.params.items() if k not in config.globals or config.globals[k] != v}
-        values = dict(own)
-        if knobs is not None and original is not None:
-            for key, new, old in (
-                ("instance_num", knobs.instances, original.instances),
-                ("max", knobs.max, original.max),
-                ("batching_timeout", knobs.window_ms, original.window_ms),
-            ):
-                if new != old:
-                    values[key] = new
-        for key, value in values.items():
-            comment = _why(result, name, key) if key in values and values[key] != own.get(key, _UNSET) else ""
-            lines.append(f"{_key(key)} = {_toml(value)}{comment}")
-        lines.append("")
-    return "\n".join(lines)
+    return toml_text(result.plan.config, best.setting, start.setting, lambda node, key: _why(result, node, key), header)
 
 
-_UNSET = object()
 _KNOB = {"instance_num": "instances", "max": "max", "batching_timeout": "window_ms"}
 
 
@@ -256,44 +175,16 @@ def _why(result: TuneResult, node: str, key: str) -> str:
             busy = result.start.sample.nodes.get(node)
             load = f"; busy {100 * busy.utilisation(result.start.sample.seconds):.0f}% as configured" if busy else ""
             return (
-                f"  # tuned: was {_toml(was)}; trial {trial.index} ({move}):"
+                f"was {toml_value(was)}; trial {trial.index} ({move}):"
                 f" {previous.sample.throughput:.3g} -> {trial.sample.throughput:.3g}/s,"
                 f" p99 {previous.sample.p99_ms:.4g} -> {trial.sample.p99_ms:.4g} ms{load}"
             )
         previous = trial if _better_or_same(trial, previous, result.options.p99_ms) else previous
-    return f"  # tuned: was {_toml(was)}"
+    return f"was {toml_value(was)}"
 
 
 def _better_or_same(trial: Trial, previous: Trial, target: float) -> bool:
-    from ..tuning import better
-
     return not better(previous.sample, trial.sample, target)
-
-
-def _key(name: str) -> str:
-    return name if all(c.isalnum() or c in "_-" for c in name) else json.dumps(name)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return (
-            repr(value)
-            if math.isfinite(value)
-            else ("inf" if value > 0 else "-inf")
-            if not math.isnan(value)
-            else "nan"
-        )
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 # ---------------------------------------------------------------------------- report and plot

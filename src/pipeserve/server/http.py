@@ -108,6 +108,9 @@ class HttpApp:
             if action == "infer":
                 _expect(method, "POST")
                 return await self._infer(scope, receive, send, model)
+            if action == "autotune":
+                await self._autotune(scope, receive, send, model)
+                return 200, model, ""
             _expect(method, "GET")
             if action == "":
                 await _json(send, 200, oip.model_metadata(self.state.repository.get(model).description))
@@ -152,6 +155,26 @@ class HttpApp:
             await _send(send, 200, b"", [])
             return 200, model, ""
         raise _Reply(404, oip.error_body("Not Found"))
+
+    async def _autotune(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """``GET /v2/models/{m}/autotune``: the tuner's status (NOTE [autotune]); ``POST`` with
+        ``{"frozen": true|false}`` freezes or unfreezes it first. 404 for a model without one."""
+        pipe = self.state.repository.get(name).pipe
+        tuner = pipe.autotune
+        if tuner is None:
+            raise _Reply(404, oip.error_body(f"model {name!r} has no autotune table"))
+        if scope["method"] == "POST":
+            document = _document(await _read(scope, receive, self.max_body))
+            frozen = document.get("frozen")
+            if not isinstance(frozen, bool):
+                raise _Reply(400, oip.error_body('expected {"frozen": true} or {"frozen": false}'))
+            if frozen:
+                tuner.freeze()
+            else:
+                tuner.unfreeze()
+        else:
+            _expect(scope["method"], "GET")
+        await _json(send, 200, tuner.status())
 
     async def _observe(self, send: Send, parts: list[str]) -> None:
         """``/metrics``, ``/status.json``, the status page (``/``) and its files (``/static/F``)."""

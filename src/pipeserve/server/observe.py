@@ -168,4 +168,5 @@ def _model_document(model: ServedModel) -> dict[str, Any]:
             for node in description.graph.values()
         ],
         "nodes": nodes,
+        "autotune": model.pipe.autotune.status() if model.pipe.autotune is not None else None,
     }

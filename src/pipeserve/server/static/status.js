@@ -612,7 +612,69 @@
       ),
     );
     section.append(nodeTable(model, history, order));
+    const tuning = tuningPanel(model);
+    if (tuning) section.append(tuning);
     return section;
+  }
+
+  // What the autotuner holds and did (NOTE [autotune]): its target, state, the knobs now and the
+  // last decisions, newest first.
+  function tuningPanel(model) {
+    const t = model.autotune;
+    if (!t) return null;
+    const state = t.frozen ? "frozen" : t.settled ? "settled" : "tuning";
+    const tone = t.frozen ? "warn" : "ok";
+    const last = t.last
+      ? `last ${decimal(t.last.throughput)}/s, p99 ${decimal(t.last.p99_ms)} ms`
+      : "no sample yet";
+    const head = el(
+      "div",
+      { class: "model-head" },
+      el("h3", null, "Autotune"),
+      el("span", { class: `pill ${tone}`, "data-model": model.name, "data-autotune": state }, state),
+      el("span", { class: "muted" }, `target p99 ${decimal(t.p99_ms)} ms \u00b7 ${last} \u00b7 ` +
+        `instances ${t.instances_used}/${t.instance_budget} \u00b7 ${integer(t.changes)} changes, ${integer(t.reverts)} reverted`),
+    );
+    const knobs = el(
+      "table",
+      { class: "nodes" },
+      el("thead", null, el("tr", null, el("th", null, "node"), el("th", null, "instances"), el("th", null, "max"), el("th", null, "window ms"))),
+      el(
+        "tbody",
+        null,
+        Object.entries(t.setting).map(([node, k]) =>
+          el(
+            "tr",
+            { "data-model": model.name, "data-tuned-node": node },
+            el("td", null, el("code", null, node)),
+            el("td", { class: "num" }, `${k.instances}`),
+            el("td", { class: "num" }, `${k.max}`),
+            el("td", { class: "num" }, decimal(k.window_ms)),
+          ),
+        ),
+      ),
+    );
+    const decisions = (t.decisions || []).slice(-12).reverse();
+    const log = el(
+      "table",
+      { class: "nodes decisions" },
+      el("thead", null, el("tr", null, el("th", null, "when"), el("th", null, "what"), el("th", null, "change"), el("th", null, "why"))),
+      el(
+        "tbody",
+        null,
+        decisions.map((d) =>
+          el(
+            "tr",
+            { "data-model": model.name, "data-decision": d.kind },
+            el("td", null, new Date(d.at * 1000).toLocaleTimeString()),
+            el("td", null, el("span", { class: `chip ${d.kind === "revert" ? "bad" : ""}` }, d.kind)),
+            el("td", null, d.what),
+            el("td", { class: "muted" }, shorten(d.why, 140)),
+          ),
+        ),
+      ),
+    );
+    return el("div", { class: "autotune", "data-model": model.name }, head, knobs, decisions.length ? log : el("p", { class: "muted" }, "No decision yet."));
   }
 
   // ---------------------------------------------------------------- the loop
