@@ -161,6 +161,7 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """The series names of a server's ``/metrics`` after successes, a batch and a failure."""
     folder = tmp_path_factory.mktemp("grafana")
     (folder / "two.toml").write_text(CONFIG)
+    (folder / "tuned.toml").write_text('autotune = { p99_ms = 100 }\n[main]\nbackend = "Identity"\n')  # its families
     with Server([str(folder)], port=0, grpc_port=None, cpu_count=1, metrics=True) as server:
         statuses = [_infer(server, data) for data in (["a"], ["b", "c"], ["bad"])]
         assert statuses == [200, 200, 500]

@@ -502,8 +502,10 @@ def _knob_families(models: list[WatchedModel], gauge: Any, counter: Any) -> list
             active.add_metric([model.name, name], node.active_instances)
         tuner = model.pipe.autotune
         if tuner is not None:
-            for (node_name, kind), number in sorted(tuner.counts().items()):
-                decisions.add_metric([model.name, node_name, kind], number)
+            counts = tuner.counts()
+            for node_name in tuner.space.tuned():  # every series from zero, as counters should
+                for kind in ("change", "keep", "revert"):
+                    decisions.add_metric([model.name, node_name, kind], counts.get((node_name, kind), 0))
             frozen.add_metric([model.name], 1.0 if tuner.frozen else 0.0)
             target.add_metric([model.name], tuner.settings.p99_ms / 1e3)
     return [batch_max, window, active, decisions, frozen, target]

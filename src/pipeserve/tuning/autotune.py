@@ -3,8 +3,9 @@
 The configuration: a pipe-wide table ``autotune`` with ``p99_ms`` (the target, required),
 ``interval_s`` (how often the controller looks, default 1), ``instances`` (how many instances
 the computing nodes may run at once together; default the larger of what the configuration
-declares and the CPU budget's cores), ``frozen`` (start frozen) and ``margin`` (the measured gain
-a change must show to be kept, default 0.03); and per node an optional ``tune`` table of bounds:
+declares and the CPU budget's cores), ``frozen`` (start frozen), ``margin`` (the measured loss
+that undoes a change, default 0.03) and ``min_requests`` (an interval with fewer completed
+requests is not judged, default 20: raise ``interval_s`` for a slow pipeline); and per node an optional ``tune`` table of bounds:
 ``instances = [low, high]`` (the node builds ``high`` instances and starts with
 ``instance_num`` of them active), ``max = [low, high]`` (the backend is built for ``high``, the
 node starts at its configured ``max``), ``window_ms = [low, high]``, and ``frozen = true`` to
@@ -50,6 +51,7 @@ class AutotuneSettings:
     instances: int | None = None
     frozen: bool = False
     margin: float = 0.03
+    min_requests: int = 20
 
     @classmethod
     def read(cls, table: Params) -> AutotuneSettings:
@@ -58,7 +60,7 @@ class AutotuneSettings:
         Raises:
             ConfigError: an unknown key, a missing or non-positive ``p99_ms``, a bad value.
         """
-        unknown = set(table) - {"p99_ms", "interval_s", "instances", "frozen", "margin"}
+        unknown = set(table) - {"p99_ms", "interval_s", "instances", "frozen", "margin", "min_requests"}
         if unknown:
             raise ConfigError(f"unknown autotune key(s) {sorted(unknown)}", key="autotune")
         if "p99_ms" not in table:
@@ -69,7 +71,8 @@ class AutotuneSettings:
             raise ConfigError("autotune's p99_ms and interval_s must be above 0", key="autotune")
         instances = get_int(table, "instances", 0, node="autotune", minimum=0) or None
         margin = get_float(table, "margin", 0.03, node="autotune", minimum=0.0)
-        return cls(p99, interval, instances, get_bool(table, "frozen", False, node="autotune"), margin)
+        least = get_int(table, "min_requests", 20, node="autotune", minimum=1)
+        return cls(p99, interval, instances, get_bool(table, "frozen", False, node="autotune"), margin, least)
 
 
 def tune_table(params: Params, node: str) -> Mapping[str, Any]:
@@ -150,7 +153,9 @@ class AutoTuner:
         self.space = space
         self._clock = clock
         self._lock = threading.Lock()
-        self.controller = Controller(space, start, settings.p99_ms, margin=settings.margin, clock=clock)
+        self.controller = Controller(
+            space, start, settings.p99_ms, margin=settings.margin, min_requests=settings.min_requests, clock=clock
+        )
         self.controller.frozen = settings.frozen
         self._recorder = LatencyRecorder(pipe.entries[0])
         self._stop = threading.Event()
