@@ -26,10 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, machine, ocr_pages, run_worker  # noqa: E402
-
-import pipeserve as ps  # noqa: E402
-from pipeserve.bench import run_closed_loop  # noqa: E402
+import pipeserve as ps
+from common import emit, machine, ocr_pages, run_worker
+from pipeserve.bench import run_closed_loop
 
 HERE = Path(__file__).resolve()
 STAGES = {"a": (2.0, 0.5), "b": (8.0, 1.0), "c": (1.0, 2.0)}
