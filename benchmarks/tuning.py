@@ -93,7 +93,7 @@ def ocr(start: str, *, autotune: bool, target_ms: float) -> dict[str, Any]:
         size = int(config[name].get("max", 1))
         config[name]["tune"] = {"instances": [1, 2], "max": [1, size], "window_ms": [0, 50]}
     if autotune:
-        config["autotune"] = {"p99_ms": target_ms, "interval_s": 5.0, "min_requests": 5}
+        config["autotune"] = {"p99_ms": target_ms, "interval_s": 8.0, "min_requests": 3, "instances": 13}
     return config
 
 
