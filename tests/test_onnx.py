@@ -173,3 +173,54 @@ def test_threads_follow_the_cpu_budget_and_bad_settings_fail_at_construction(tmp
         ps.pipe({"backend": "Onnx", "model": str(tmp_path / "missing.onnx")})
     with pytest.raises(ps.ConfigError, match="key 'model': this key is required"):
         ps.pipe({"backend": "Onnx"})
+
+
+# The GPU providers. No GPU build of onnxruntime can be tried here, nor carried to the GPU machine
+# the project is lent at times, so these tests check the provider list the backend asks for, with
+# onnxruntime told it has them and every session then opened on the CPU.
+GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _pretend_gpu_providers(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Make onnxruntime list the GPU providers; return the provider lists sessions are asked with."""
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def session(model: str, options: Any = None, providers: Any = None, **kwargs: Any) -> Any:
+        asked.append(list(providers))
+        return real(model, options, providers=["CPUExecutionProvider"], **kwargs)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", *GPU_PROVIDERS])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    return asked
+
+
+def test_gpu_providers_are_asked_for_in_order_when_onnxruntime_has_them(
+    tmp_path: Path, make_pipe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = affine_model(tmp_path / "a.onnx")
+    asked = _pretend_gpu_providers(monkeypatch)
+    pipe = make_pipe({"backend": "Onnx", "model": model, "max": 4})
+    backend = pipe._nodes["main"].instances[0].backend  # white-box: the session's set-up
+    assert asked == [GPU_PROVIDERS]  # TensorRT first, CUDA for what it cannot run, CPU last
+    assert backend.providers == GPU_PROVIDERS and not backend.elastic  # one session: no CPU threads to widen
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    items = [{"data": x[0]}, {"data": x[1]}]
+    pipe(items)
+    np.testing.assert_allclose(np.stack([i["result"] for i in items]), direct(model, x=x)[0], rtol=1e-6)
+
+
+def test_a_provider_list_is_taken_as_given(tmp_path: Path, make_pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = affine_model(tmp_path / "a.onnx")
+    asked = _pretend_gpu_providers(monkeypatch)
+    make_pipe({"backend": "Onnx", "model": model, "providers": "CUDAExecutionProvider, CPUExecutionProvider"})
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+
+
+def test_gpu_providers_onnxruntime_lacks_are_refused_with_what_it_has(tmp_path: Path) -> None:
+    model = affine_model(tmp_path / "a.onnx")
+    missing = [p for p in GPU_PROVIDERS[:2] if p not in ort.get_available_providers()]
+    if not missing:
+        pytest.skip("this onnxruntime has the GPU providers")
+    with pytest.raises(ps.ConfigError, match=r"not available; onnxruntime has \[.*'CPUExecutionProvider'"):
+        ps.pipe({"backend": "Onnx", "model": model, "providers": ",".join(GPU_PROVIDERS)})

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
 import pipeserve as ps  # noqa: E402
-from tests.torch_models import make_mlp, make_two_heads  # noqa: E402
+from tests.torch_models import make_conv, make_mlp, make_two_heads  # noqa: E402
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -91,6 +91,35 @@ def test_errors_are_clear() -> None:
     with ps.pipe({"backend": "TorchModule", "module": "tests.torch_models:make_mlp"}) as pipe:
         with pytest.raises(ps.BackendError, match=r"mat1 and mat2|shapes cannot be multiplied"):
             pipe({"data": torch.randn(1, 3)})
+
+
+def test_dtype_and_channels_last_cast_the_model_and_its_inputs(make_pipe: Any) -> None:
+    """``dtype`` casts the parameters once and floating inputs per batch; ``channels_last`` puts
+    the model and 4-D inputs in channels-last order (the GPU path's speed-ups; same numbers here)."""
+    config = {"backend": "TorchModule", "module": "tests.torch_models:make_conv", "max": 4}
+    pipe = make_pipe({**config, "dtype": "float64", "channels_last": True})
+    images = torch.rand(3, 3, 8, 8)
+    items = [{"data": images[i : i + 1]} for i in range(3)]
+    pipe(items)
+    result = torch.cat([item["result"] for item in items])
+    assert result.dtype == torch.float64
+    with torch.inference_mode():
+        expected = make_conv().double().eval()(images.double())
+    torch.testing.assert_close(result, expected)
+    conv = pipe._nodes["main"].instances[0].backend.model[0]  # white-box: the convolution's weights
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ps.ConfigError, match=r"key 'dtype': expected one of \['float16'"):
+        ps.pipe({**config, "dtype": "half-ish"})
+    with pytest.raises(ps.ConfigError, match="cuda_graphs needs a CUDA device"):
+        ps.pipe({**config, "cuda_graphs": True})
+
+
+def test_rows_of_different_shapes_or_input_counts_fail_the_batch_clearly(make_pipe: Any) -> None:
+    pipe = make_pipe({"backend": "TorchModule", "module": "tests.torch_models:make_mlp", "max": 4, "isolate": False})
+    with pytest.raises(ps.BackendError, match=r"differ in shape: rows of \[8\] and rows of \[7\]"):
+        pipe([{"data": torch.ones(1, 8)}, {"data": torch.ones(1, 7)}])
+    with pytest.raises(ps.BackendError, match="the same number of inputs"):
+        pipe([{"data": torch.ones(1, 8)}, {"data": [torch.ones(1, 8), torch.ones(1, 8)]}])
 
 
 @GPU

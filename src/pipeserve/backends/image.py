@@ -17,12 +17,21 @@ Images are numpy arrays, HWC uint8, BGR unless the item's ``color`` key says ``r
   top-left) to an upright rectangle as wide and tall as its longer edges.
 * ``Mat2Tensor``: HWC uint8 -> CHW float32 (``layout = "NCHW"`` adds a batch axis), optional
   ``mean``/``std`` per channel; a torch tensor instead when ``device`` is set (``cpu``, ``cuda:0``).
+
+The tensor path: ``ResizeMat``, ``cvtColorMat`` and ``Mat2Tensor`` also take an HWC image as a
+torch tensor, on any device, and work on it with torch where it lies (a GPU's data stays on the
+GPU; wrap them in ``Torch[...]`` to run on the instance's CUDA stream and synchronise). They give
+what the OpenCV path gives for the same pixels: colour conversion and ``Mat2Tensor`` exactly (to
+float32 rounding), ``ResizeMat`` (bilinear, half-pixel centres, no antialiasing: OpenCV's
+``INTER_LINEAR``) within one grey level per pixel, as OpenCV rounds its weights to 11 bits.
+The tensor path imports nothing: it knows tensors only once torch is loaded.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from ..backend import Backend, Options, require
 from ..config import get_float, get_int, get_list, get_str
@@ -42,8 +51,17 @@ __all__ = [
 Item = dict[str, Any]
 
 
+def _torch_of(data: Any) -> Any:
+    """The torch module when ``data`` is a torch tensor, else None (torch is never imported here)."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and isinstance(data, torch.Tensor) else None
+
+
 class _PerItem(Backend):
     """A backend that processes the items of a batch one by one (OpenCV calls release the GIL)."""
+
+    #: Whether ``apply`` also takes torch tensors (the tensor path; see the module docstring).
+    tensors: ClassVar[bool] = False
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
@@ -59,10 +77,19 @@ class _PerItem(Backend):
 
     def image(self, item: Item) -> Any:
         data = item["data"]
-        if not isinstance(data, self.np.ndarray) or data.ndim not in (2, 3) or data.size == 0:
+        tensor = self.tensors and _torch_of(data) is not None
+        if not (isinstance(data, self.np.ndarray) or tensor) or data.ndim not in (2, 3) or not _size_of(data):
             shape = getattr(data, "shape", None)
-            raise ValueError(f"{type(self).__name__} expects an HWC image array, got {type(data).__name__} {shape}")
+            shape = tuple(shape) if shape is not None else None
+            hint = "" if self.tensors or _torch_of(data) is None else " (tensors: ResizeMat, cvtColorMat, Mat2Tensor)"
+            name = type(self).__name__
+            raise ValueError(f"{name} expects an HWC image array, got {type(data).__name__} {shape}{hint}")
         return data
+
+
+def _size_of(data: Any) -> int:
+    size = data.size
+    return int(size if isinstance(size, int) else data.numel())
 
 
 class DecodeMat(_PerItem):
@@ -89,7 +116,9 @@ def _size(data: Any) -> str:
 
 
 class ResizeMat(_PerItem):
-    """Resize to ``resize_h`` x ``resize_w``."""
+    """Resize to ``resize_h`` x ``resize_w`` (an array with OpenCV, a tensor with torch)."""
+
+    tensors = True
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
@@ -99,11 +128,34 @@ class ResizeMat(_PerItem):
         )
 
     def apply(self, item: Item) -> None:
-        item["result"] = self.cv2.resize(self.image(item), self.size, interpolation=self.cv2.INTER_LINEAR)
+        image = self.image(item)
+        torch = _torch_of(image)
+        if torch is not None:
+            item["result"] = _resize_tensor(torch, image, self.size)
+            return
+        item["result"] = self.cv2.resize(image, self.size, interpolation=self.cv2.INTER_LINEAR)
+
+
+def _resize_tensor(torch: Any, image: Any, size: tuple[int, int]) -> Any:
+    """OpenCV's ``INTER_LINEAR`` resize of an HWC tensor to ``size`` (width, height), with torch on
+    the tensor's device: bilinear, half-pixel centres, no antialiasing; uint8 rounded to nearest."""
+    width, height = size
+    if tuple(image.shape[:2]) == (height, width):
+        return image.clone()
+    planes = (image if image.ndim == 3 else image[:, :, None]).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(planes, size=(height, width), mode="bilinear", align_corners=False)
+    result = resized[0].permute(1, 2, 0)
+    if not image.is_floating_point():
+        info = torch.iinfo(image.dtype)
+        result = result.round_().clamp_(info.min, info.max)
+    result = result.to(image.dtype)
+    return (result if image.ndim == 3 else result[:, :, 0]).contiguous()
 
 
 class cvtColorMat(_PerItem):
-    """Convert to ``color`` (rgb|bgr), tracking the item's ``color`` key."""
+    """Convert to ``color`` (rgb|bgr), tracking the item's ``color`` key (arrays and tensors)."""
+
+    tensors = True
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
@@ -115,7 +167,12 @@ class cvtColorMat(_PerItem):
         image = self.image(item)
         current = str(item.get("color", "bgr")).lower()
         if current != self.color and image.ndim == 3:
-            image = self.cv2.cvtColor(image, self.cv2.COLOR_BGR2RGB)  # the same swap both ways
+            if _torch_of(image) is None:
+                image = self.cv2.cvtColor(image, self.cv2.COLOR_BGR2RGB)  # the same swap both ways
+            elif image.shape[2] == 3:
+                image = image.flip(2)  # a copy, as OpenCV's
+            else:
+                raise ValueError(f"cvtColorMat expects 3 channels to swap, got an HWC tensor {tuple(image.shape)}")
         item["result"] = image
         item["color"] = self.color
 
@@ -208,7 +265,10 @@ class PerspectiveTransformMat(_PerItem):
 
 
 class Mat2Tensor(_PerItem):
-    """HWC uint8 -> CHW (or NCHW) float32, optional ``mean``/``std``; a torch tensor with ``device``."""
+    """HWC uint8 -> CHW (or NCHW) float32, optional ``mean``/``std``; a torch tensor with ``device``,
+    or for a tensor image (on its own device unless ``device`` is set)."""
+
+    tensors = True
 
     def init(self, params: Mapping[str, Any], options: Options) -> None:
         super().init(params, options)
@@ -223,11 +283,16 @@ class Mat2Tensor(_PerItem):
         self.device = params.get("device")
         if self.device is not None:
             self.torch: Any = require("torch", "torch")
+        self.constants: dict[Any, tuple[Any, Any]] = {}  # per device: mean and std as tensors
 
     def apply(self, item: Item) -> None:
         image = self.image(item)
         if image.ndim == 2:
             image = image[:, :, None]
+        torch = _torch_of(image)
+        if torch is not None:
+            item["result"] = self._tensor(torch, image)
+            return
         tensor = image.transpose(2, 0, 1).astype(self.np.float32)
         if self.mean is not None:
             tensor -= self.mean
@@ -237,3 +302,26 @@ class Mat2Tensor(_PerItem):
             tensor = tensor[None]
         tensor = self.np.ascontiguousarray(tensor)
         item["result"] = tensor if self.device is None else self.torch.from_numpy(tensor).to(str(self.device))
+
+    def _tensor(self, torch: Any, image: Any) -> Any:
+        """The tensor path of :meth:`apply`: the same arithmetic in float32, on the image's device
+        (or ``device``; a host image is moved first, so the float work is done there)."""
+        if self.device is not None:
+            image = image.to(str(self.device), non_blocking=True)
+        tensor = image.permute(2, 0, 1).to(torch.float32)
+        mean, std = self._constants(torch, tensor.device)
+        if mean is not None:
+            tensor = tensor - mean
+        if std is not None:
+            tensor = tensor / std
+        if self.layout == "NCHW":
+            tensor = tensor[None]
+        return tensor.contiguous()
+
+    def _constants(self, torch: Any, device: Any) -> tuple[Any, Any]:
+        """``mean`` and ``std`` as tensors on ``device``, copied there once (not per image)."""
+        if device not in self.constants:
+            mean = None if self.mean is None else torch.from_numpy(self.mean).to(device)
+            std = None if self.std is None else torch.from_numpy(self.std).to(device)
+            self.constants[device] = (mean, std)
+        return self.constants[device]
