@@ -112,6 +112,8 @@ def test_dtype_and_channels_last_cast_the_model_and_its_inputs(make_pipe: Any) -
         ps.pipe({**config, "dtype": "half-ish"})
     with pytest.raises(ps.ConfigError, match="cuda_graphs needs a CUDA device"):
         ps.pipe({**config, "cuda_graphs": True})
+    with pytest.raises(ps.ConfigError, match="cuda_graphs runs one instance per node"):
+        ps.pipe({**config, "cuda_graphs": True, "instance_num": 2})
 
 
 def test_rows_of_different_shapes_or_input_counts_fail_the_batch_clearly(make_pipe: Any) -> None:

@@ -48,7 +48,9 @@ to Python that must take the GIL again, which many client threads make slow; a r
 The padding rows hold earlier inputs and their outputs are dropped, so the model must treat rows
 independently (as inference models in ``eval`` mode do), and every other dimension must keep its
 size. A batch of more rows than ``max`` runs eagerly. Experimental: the replay path ran on an H200
-(ResNet-50, one instance); concurrent captures were made safe after that run.
+(ResNet-50, one instance); two instances capturing while the other computed failed there
+(CUBLAS_STATUS_EXECUTION_FAILED, with thread-local capture one at a time too), so a node with
+``cuda_graphs`` runs one instance.
 """
 
 from __future__ import annotations
@@ -139,6 +141,13 @@ class _ModelBackend(_Placed):
         self.channels_last = get_bool(params, "channels_last", False, node=options.node)
         self.graphs: _Graphs | None = None
         if get_bool(params, "cuda_graphs", False, node=options.node):
+            if options.instance_num > 1:
+                raise ConfigError(
+                    "cuda_graphs runs one instance per node: capturing while another instance computes on the "
+                    "device failed on an H200 (NOTE [CUDA graphs])",
+                    node=options.node,
+                    key="cuda_graphs",
+                )
             if self.stream is None:
                 raise ConfigError("cuda_graphs needs a CUDA device", node=options.node, key="cuda_graphs")
             self.graphs = _Graphs(self.torch, self.stream, self.max())
