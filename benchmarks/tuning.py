@@ -1,4 +1,4 @@
-"""The tuner's benchmarks (docs/benchmarks.md section 10, docs/tuning.md).
+"""The tuner's benchmarks (docs/benchmarks.md section 14, docs/tuning.md).
 
     python benchmarks/tuning.py synthetic-offline   # the search vs the full grid (100 points)
     python benchmarks/tuning.py synthetic-online    # autotune from bad starts vs the grid's best
@@ -223,6 +223,7 @@ def worker_ocr_offline(trial_s: float, warmup_s: float, budget_s: float, target_
 
     pages = ocr_pages()
     config = ocr("bad0", autotune=False, target_ms=target_ms)
+    config["autotune"] = {"p99_ms": target_ms, "instances": 13}  # the instance budget, as online
     options = TuneOptions(p99_ms=target_ms, clients=OCR_CLIENTS, trial_s=trial_s, warmup_s=warmup_s, budget_s=budget_s)
     result = tune(config, lambda i: {"data": pages[i % len(pages)]}, options, progress=sys.stderr)
     emit(

@@ -297,3 +297,17 @@ def test_pipeserve_tune_writes_a_tuned_config_with_reasons_and_a_report(tmp_path
     assert sum(t["instances"] for t in best["setting"].values()) <= figures["space"]["instance_budget"]
     with ps.pipe(str(out)) as pipe:  # the tuned file is a configuration like any other
         assert pipe({"data": 3}) == {"data": 3, "result": 3}
+
+
+def test_bucket_group_nodes_keep_their_configuration_under_autotune() -> None:
+    config = sleeping_pipeline()
+    config["b"] = {**config["b"], "max": "1&4", "bucket_key": "_size", "tune": {}}
+    with ps.pipe(config, budget=ps.CpuBudget(5)) as pipe:
+        assert pipe.autotune is not None and set(pipe.autotune.setting) == {"a", "c"}
+        assert pipe({"data": 1, "_size": 1})["result"] == 1
+
+
+def test_a_space_within_backend_limits_lowers_only_the_max_bounds() -> None:
+    limited = space().within({"b": 4})
+    assert limited.bounds["b"].max == (1, 4) and limited.bounds["a"].max == (1, 16)
+    assert limited.bounds["b"].instances == (1, 4) and limited.instance_budget == 6

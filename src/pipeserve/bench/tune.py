@@ -95,12 +95,13 @@ def tune(
     began = time.perf_counter()
     budget = CpuBudget(options.cpu_count)
     plan = plan_offline(source, budget.cores)
-    search = Search(plan.space, plan.start, options.p99_ms, options.load, patience=options.patience)
-    result = TuneResult(search, plan, options, 0.0)
     with Pipe(plan.build, budget=budget) as pipe:
-        for name, bounds in plan.space.bounds.items():
-            if pipe.describe().nodes[name].batch_limit < bounds.max[1]:  # the backend's own limit
-                raise ValueError(f"node {name!r} takes batches of at most {pipe.describe().nodes[name].batch_limit}")
+        # A backend may take smaller batches than asked (a model with a fixed batch size).
+        limits = {name: node.batch_limit for name, node in pipe.describe().nodes.items()}
+        space = plan.space.within(limits)
+        start = {name: space.bounds[name].clamp(knobs) for name, knobs in plan.start.items()}
+        search = Search(space, start, options.p99_ms, options.load, patience=options.patience)
+        result = TuneResult(search, plan, options, 0.0)
         while (proposal := search.next()) is not None:
             spent = time.perf_counter() - began
             if spent + options.warmup_s + options.trial_s > options.budget_s:

@@ -5,8 +5,8 @@ The configuration: a pipe-wide table ``autotune`` with ``p99_ms`` (the target, r
 the computing nodes may run at once together; default the larger of what the configuration
 declares and the CPU budget's cores), ``frozen`` (start frozen), ``margin`` (the measured loss
 that undoes a change, default 0.03) and ``min_requests`` (an interval with fewer completed
-requests is not judged, default 20: raise ``interval_s`` for a slow pipeline); and per node an optional ``tune`` table of bounds:
-``instances = [low, high]`` (the node builds ``high`` instances and starts with
+requests is not judged, default 20: raise ``interval_s`` for a slow pipeline); and per node an
+optional ``tune`` table of bounds: ``instances = [low, high]`` (the node builds ``high`` instances and starts with
 ``instance_num`` of them active), ``max = [low, high]`` (the backend is built for ``high``, the
 node starts at its configured ``max``), ``window_ms = [low, high]``, and ``frozen = true`` to
 leave the node as configured. Default bounds: what the configuration gives as the high ones
@@ -311,6 +311,8 @@ def widened(config: NodeConfig) -> NodeConfig:
     accepts batches up to that bound; the tuner starts from the configured values, the extra
     instances parked)."""
     table = tune_table(config.params, config.name)
+    if len(config.groups) > 1:
+        return config  # bucket groups are not tuned
     raised: dict[str, int] = {}
     for key in ("instances", "max"):
         if key in table:
@@ -345,6 +347,8 @@ def attach(pipe: Pipe, table: Params, *, clock: Callable[[], float] = time.monot
     computing = set()
     for name, node in description.nodes.items():
         config = pipe.config.nodes[name]
+        if len(config.groups) > 1:
+            continue  # bucket groups keep their configuration
         instance_num = get_int(config.params, "instance_num", 1, node=name, minimum=1)
         own = tune_table(config.params, name)
         configured_max = get_int(config.params, "max", 1, node=name, minimum=1)
@@ -355,7 +359,7 @@ def attach(pipe: Pipe, table: Params, *, clock: Callable[[], float] = time.monot
             batch=(node.batch_range[0], configured_max, node.batch_limit),
             window_ms=node.batching_timeout_ms,
         )
-        if bounds[name].instances[1] > node.instances // max(1, len(config.groups)):
+        if bounds[name].instances[1] > node.instances:
             raise ConfigError("more instances than the node builds", node=name, key="tune.instances")
         start[name] = bounds[name].clamp(Knobs(instance_num, configured_max, node.batching_timeout_ms))
         if node.computes:

@@ -14,7 +14,9 @@ samples fading, so a drifting load or data is followed) and, unless frozen:
 * frozen, it changes nothing (a change on trial is kept as it is);
 * else it plans (NOTE [tuning search]: up to two moves within the space, the model's ranking) and
   makes the most promising change that is predicted to beat the present setting and is not
-  barred. When none is, it holds; ``settled`` says so after a few quiet intervals.
+  barred; where the target is met, only one predicted to keep p99 under ``GUARD`` (0.9) of it,
+  and a change is judged against the target less half that band, since an interval's p99 is
+  noisy. When none is, it holds; ``settled`` says so after a few quiet intervals.
 
 Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain
 of twice the margin, undone only on a measured loss of more than the margin, and neither a failed
@@ -40,6 +42,8 @@ __all__ = ["KEPT", "Controller", "Decision"]
 
 KEPT = 1000
 """Decisions a controller remembers (``counts`` counts them all)."""
+GUARD = 0.9
+"""Where the target is met, a change must be predicted to keep p99 under this share of it."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,9 @@ class Controller:
         base = trial.baseline
         # Kept unless measurably worse: a change that measures level may open the way to the
         # next one (the model predicted a gain); the way back is barred for a while instead.
-        kept = not better(base, sample, self.target_ms, self.margin)
+        # Judged against the target less half the guard band, so that a change which pushes p99
+        # close to the target is undone.
+        kept = not better(base, sample, (1 + GUARD) / 2 * self.target_ms, self.margin)
         seen = (
             f"{sample.throughput:.3g}/s p99 {sample.p99_ms:.3g} ms, "
             f"before {base.throughput:.3g}/s p99 {base.p99_ms:.3g} ms"
@@ -196,10 +202,12 @@ class Controller:
         return None
 
     def _worth(self, throughput: float, p99_ms: float, sample: Sample) -> bool:
-        """Whether a predicted gain clears the margin: hysteresis against changes for noise."""
+        """Whether a predicted gain clears the margin (hysteresis against changes for noise),
+        and, where the target is met, keeps the predicted p99 a guard band below it (an
+        interval's p99 is noisy; a setting that only just meets it misses it half the time)."""
         if sample.p99_ms > self.target_ms:
             return p99_ms <= sample.p99_ms * (1 - 2 * self.margin)
-        return p99_ms <= self.target_ms and throughput >= sample.throughput * (1 + 2 * self.margin)
+        return p99_ms <= GUARD * self.target_ms and throughput >= sample.throughput * (1 + 2 * self.margin)
 
     def _finish(self, kind: str, why: str) -> None:
         trial = self._trial

@@ -195,7 +195,9 @@ class Search:
                 return move.setting, why, prediction
             # Nothing is predicted to gain: while patience lasts, check the closest call (the
             # model is a sketch; a near miss in it may be a gain in fact).
-            if better_prediction(prediction, best.sample, self.target_ms, -self.near):
+            if rank_key(prediction, self.target_ms) != here and better_prediction(
+                prediction, best.sample, self.target_ms, -self.near
+            ):
                 return move.setting, f"{why} (a near call)", prediction
             break
         self.stopped = "no setting near the best is predicted to beat it"
@@ -211,7 +213,7 @@ class Search:
                 if size != knobs.max:
                     changed = replace(knobs, max=size)
                     moves.append(Move({**setting, name: changed}, f"{name}: max {knobs.max} -> {size}", (name,)))
-            for window in bounds.window_steps():
+            for window in bounds.window_steps() if knobs.max > 1 else ():
                 if window != knobs.window_ms:
                     changed = replace(knobs, window_ms=window)
                     what = f"{name}: window {knobs.window_ms:g} -> {window:g} ms"

@@ -118,6 +118,15 @@ class Space:
             self.bounds[name].holds(knobs) for name, knobs in setting.items() if name in self.bounds
         )
 
+    def within(self, limits: Mapping[str, int]) -> Space:
+        """This space with each node's ``max`` bound lowered to ``limits[node]`` (the largest
+        batch its backend accepts, known once built)."""
+        bounds = {
+            name: replace(b, max=(min(b.max[0], limits[name]), min(b.max[1], limits[name]))) if name in limits else b
+            for name, b in self.bounds.items()
+        }
+        return replace(self, bounds=MappingProxyType(bounds))
+
     def tuned(self) -> tuple[str, ...]:
         """The nodes the tuner may change."""
         return tuple(name for name, bounds in self.bounds.items() if not bounds.frozen)
@@ -125,8 +134,9 @@ class Space:
     def moves(self, setting: Setting) -> Iterator[Move]:
         """Every neighbour of ``setting`` within the space: one node's instances one more or one
         fewer (one more also as a move of an instance from another computing node, when the
-        budget is spent), its batch ``max`` one step up or down, its window one step up or down,
-        or to zero."""
+        budget is spent), its batch ``max`` one step up or down, its window one step up or down
+        (only where batches can hold more than one item: a batch of one never waits), or to
+        its lowest."""
         for name in self.tuned():
             knobs, bounds = setting[name], self.bounds[name]
             yield from self._instance_moves(setting, name)
@@ -135,7 +145,7 @@ class Space:
                 size = int(size)
                 yield self._move(setting, {name: replace(knobs, max=size)}, f"{name}: max {knobs.max} -> {size}")
             windows = bounds.window_steps()
-            targets = set(_neighbours(windows, knobs.window_ms))
+            targets = set(_neighbours(windows, knobs.window_ms)) if knobs.max > 1 else set()
             if knobs.window_ms > windows[0]:
                 targets.add(windows[0])
             for window in sorted(targets):
