@@ -92,7 +92,8 @@ class Controller:
         space: the bounds and instance budget.
         start: the setting the pipe runs now.
         target_ms: the p99 target.
-        margin: the measured gain (a share) a change must show to be kept.
+        margin: the measured loss (a share) that undoes a change; a change is made only on a
+            predicted gain of twice it.
         tabu: intervals a reverted change is barred for.
         min_requests: samples with fewer completed requests are too thin to judge by.
         memory: how much of its past the model keeps per sample.
