@@ -311,3 +311,27 @@ def test_a_space_within_backend_limits_lowers_only_the_max_bounds() -> None:
     limited = space().within({"b": 4})
     assert limited.bounds["b"].max == (1, 4) and limited.bounds["a"].max == (1, 16)
     assert limited.bounds["b"].instances == (1, 4) and limited.instance_budget == 6
+
+
+def test_when_p99_stays_over_the_target_after_a_kept_change_it_steps_back() -> None:
+    import dataclasses
+
+    allowed = space()
+    sim = Simulation(STAGES, BAD_START, clients=32)
+    controller = Controller(allowed, BAD_START, TARGET_MS, clock=lambda: sim.now)
+    drive(controller, sim, 40, allowed)
+    assert controller.settled
+    settled = dict(controller.setting)
+    last_kept = [d for d in controller.decisions if d.kind == "keep"][-1]
+    for _ in range(3):  # the same setting now misses the target (a tail the judgement missed)
+        sim.run(1.0)
+        new = controller.observe(dataclasses.replace(sim.sample(), p99_ms=2 * TARGET_MS))
+    assert new is not None and new != settled
+    step = controller.decisions[-1]
+    assert step.kind == "revert" and "over the target" in step.why and step.what == f"undo {last_kept.what}"
+    changed = [d for d in controller.decisions if d.kind == "change" and d.what == last_kept.what][-1]
+    assert dict(new) == dict(changed.before)  # back to where that change started
+    stepped_at = len(controller.decisions)
+    drive(controller, sim, 40, allowed)  # barred: it does not take that change again
+    later = controller.decisions[stepped_at:]
+    assert not any(d.kind == "change" and d.after == step.before for d in later)

@@ -16,7 +16,11 @@ samples fading, so a drifting load or data is followed) and, unless frozen:
   makes the most promising change that is predicted to beat the present setting and is not
   barred; where the target is met, only one predicted to keep p99 under ``GUARD`` (0.9) of it,
   and a change is judged against the target less half that band, since an interval's p99 is
-  noisy. When none is, it holds; ``settled`` says so after a few quiet intervals.
+  noisy. When none is, it holds; ``settled`` says so after a few quiet intervals;
+* after a kept change, when p99 stays over the target for ``WATCH`` intervals while the setting
+  before it met the target, it *steps back*: the change is undone and barred until the load
+  changes (one interval's judgement can be lucky: large batches can pass it and then lengthen
+  the tail).
 
 Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain
 of twice the margin, undone only on a measured loss of more than the margin, and neither a failed
@@ -85,6 +89,11 @@ class _Trial:
     wait: int
 
 
+WATCH = 3
+"""Intervals of p99 over the target, after a kept change, that make the controller step back."""
+FOREVER = 1 << 60
+
+
 class Controller:
     """Decides changes from samples (NOTE [autotune]).
 
@@ -129,6 +138,8 @@ class Controller:
         self._barred: dict[tuple[object, ...], int] = {}
         self._tick = 0
         self._concurrency = 0.0
+        self._kept: list[_Trial] = []  # kept changes whose baseline met the target, newest last
+        self._recent: list[float] = []  # p99 of the intervals since the last change
 
     @property
     def settled(self) -> bool:
@@ -143,6 +154,7 @@ class Controller:
         self.model.update(sample)
         if self._concurrency and abs(sample.concurrency - self._concurrency) > 0.5 * self._concurrency:
             self._barred.clear()  # a step in load: the best setting may have moved
+            self._kept.clear()
             if self._trial is not None:
                 self._finish("keep", f"load changed (concurrency {self._concurrency:.3g} -> {sample.concurrency:.3g})")
         self._concurrency = sample.concurrency
@@ -152,7 +164,22 @@ class Controller:
             return self._judge(sample)
         if self.frozen:
             return None
-        return self._propose(sample)
+        self._recent = [*self._recent[-(WATCH - 1) :], sample.p99_ms]
+        stepped = self._step_back()
+        return stepped if stepped is not None else self._propose(sample)
+
+    def _step_back(self) -> Setting | None:
+        """A kept change whose setting then missed the target for ``WATCH`` intervals in a row,
+        where the setting before it met the target, is undone and barred until the load changes:
+        one interval's judgement can be lucky."""
+        if len(self._recent) < WATCH or min(self._recent) <= self.target_ms or not self._kept:
+            return None
+        trial = self._kept.pop()
+        self._barred[trial.key] = FOREVER
+        p99s = ", ".join(f"{p:.3g}" for p in self._recent)
+        why = f"p99 {p99s} ms over the target {self.target_ms:g} since; before it {trial.baseline.p99_ms:.3g} ms"
+        self._record("revert", f"undo {trial.what}", why, trial.before, trial.nodes)
+        return self.setting
 
     def _judge(self, sample: Sample) -> Setting | None:
         trial = self._trial
@@ -172,6 +199,8 @@ class Controller:
         )
         if kept:
             self._barred[tuple(sorted(trial.before.items()))] = self._tick + self.tabu
+            if base.p99_ms <= self.target_ms:
+                self._kept = [*self._kept[-9:], trial]
             self._finish("keep", f"measured {seen}")
             return None
         self._barred[trial.key] = self._tick + self.tabu
@@ -219,6 +248,8 @@ class Controller:
     def _record(self, kind: str, what: str, why: str, after: Setting, nodes: tuple[str, ...]) -> None:
         before = self.setting
         self.setting = MappingProxyType(dict(after))
+        if kind != "keep":
+            self._recent = []
         if kind != "keep":
             self.quiet = 0
         for node in nodes:
