@@ -17,10 +17,10 @@ samples fading, so a drifting load or data is followed) and, unless frozen:
   barred; where the target is met, only one predicted to keep p99 under ``GUARD`` (0.9) of it,
   and a change is judged against the target less half that band, since an interval's p99 is
   noisy. When none is, it holds; ``settled`` says so after a few quiet intervals;
-* after a kept change, when p99 stays over the target for ``WATCH`` intervals while the setting
-  before it met the target, it *steps back*: the change is undone and barred until the load
-  changes (one interval's judgement can be lucky: large batches can pass it and then lengthen
-  the tail).
+* after a kept change, when p99 goes over the target while the setting before it met the
+  target, it proposes nothing; if p99 stays over for ``WATCH`` intervals it *steps back*: the
+  change is undone and barred until the load changes (one interval's judgement can be lucky:
+  large batches can pass it and then lengthen the tail), and so on back through the kept changes.
 
 Hysteresis is the margin, the reverts and the bars: a change is made only on a predicted gain
 of twice the margin, undone only on a measured loss of more than the margin, and neither a failed
@@ -165,8 +165,11 @@ class Controller:
         if self.frozen:
             return None
         self._recent = [*self._recent[-(WATCH - 1) :], sample.p99_ms]
-        stepped = self._step_back()
-        return stepped if stepped is not None else self._propose(sample)
+        if sample.p99_ms > self.target_ms and self._kept:
+            # Over the target with a setting known to meet it behind us: go back there (after
+            # WATCH intervals, in case this one is noise) rather than explore from here.
+            return self._step_back()
+        return self._propose(sample)
 
     def _step_back(self) -> Setting | None:
         """A kept change whose setting then missed the target for ``WATCH`` intervals in a row,
