@@ -151,6 +151,8 @@ class _Page(HTMLParser):
         self.graph_nodes: dict[str, list[str]] = {}
         self._capture: tuple[str, ...] | None = None
         self._graph: str | None = None
+        self.autotune: dict[str, str] = {}  # model -> the tuner's state pill
+        self.tuned_nodes: dict[str, list[str]] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {key: value or "" for key, value in attrs}
@@ -161,6 +163,10 @@ class _Page(HTMLParser):
             self.graph_nodes[self._graph] = []
         if "data-graph-node" in a and self._graph is not None:
             self.graph_nodes[self._graph].append(a["data-graph-node"])
+        if "data-autotune" in a:
+            self.autotune[a["data-model"]] = a["data-autotune"]
+        if "data-tuned-node" in a:
+            self.tuned_nodes.setdefault(a["data-model"], []).append(a["data-tuned-node"])
         if "data-counter" in a:
             self._capture = ("counter", a["data-model"], a["data-counter"])
             self.counters[a["data-model"], a["data-counter"]] = ""
@@ -260,3 +266,22 @@ def test_a_browser_shows_the_stats_counts(server: Server, tmp_path: Path) -> Non
     png = screenshot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert struct.unpack(">II", png[16:24]) == (1400, 1000)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test.sh installs it)")
+def test_a_browser_shows_the_autotune_panel(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "tuned.toml").write_text(
+        'autotune = { p99_ms = 100 }\n[a]\nbackend = "Identity"\nnext = "b"\ntune = { max = [1, 8] }\n'
+        '[b]\nbackend = "Identity"\n'
+    )
+    with Server([str(folder)], port=0, grpc_port=None) as running:
+        tuner = running.repository.get("tuned").pipe.autotune
+        assert tuner is not None
+        tuner.freeze()
+        page = browse(f"http://{running.host}:{running.port}/", tmp_path / "profile", tmp_path / "shot.png")
+        status = get_json(running, "/status.json")
+    assert page.autotune == {"tuned": "frozen"}
+    tuned = next(m for m in status["models"] if m["name"] == "tuned")["autotune"]
+    assert sorted(page.tuned_nodes["tuned"]) == sorted(tuned["setting"]) == ["a", "b"]
