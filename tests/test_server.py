@@ -90,13 +90,17 @@ def server(models: Path) -> Iterator[Server]:
 
 
 @pytest.fixture
-def client(server: Server) -> Any:
-    return th.InferenceServerClient(server.url)
+def client(server: Server) -> Iterator[Any]:
+    # Closed here: left to the garbage collector, tritonclient's __del__ may run on another
+    # test's thread, where gevent fails, and that test gets the unraisable exception.
+    with closing(th.InferenceServerClient(server.url)) as own:
+        yield own
 
 
 @pytest.fixture
-def grpc_client(server: Server) -> Any:
-    return tg.InferenceServerClient(server.grpc_url)
+def grpc_client(server: Server) -> Iterator[Any]:
+    with closing(tg.InferenceServerClient(server.grpc_url)) as own:
+        yield own
 
 
 def fp32(module: Any, name: str, values: Any, binary: bool = True) -> Any:
@@ -407,8 +411,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
     port = _free_port()
     process = _serve(str(config), "--port", str(port), "--grpc-port", "-1", "--access-log")
     try:
-        client = th.InferenceServerClient(f"127.0.0.1:{port}")
-        wait_until(lambda: _ready(client), timeout=60)
+        with closing(th.InferenceServerClient(f"127.0.0.1:{port}")) as client:
+            wait_until(lambda: _ready(client), timeout=60)
         outcomes: list[Any] = []
 
         def one(value: int) -> None:
