@@ -98,6 +98,11 @@ def ocr(start: str, *, autotune: bool, target_ms: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- workers
+def _listed(setting: Any) -> dict[str, list[float]]:
+    """A setting as {node: [instances, max, window_ms]}, as the workers report it."""
+    return {name: [k.instances, k.max, k.window_ms] for name, k in setting.items()}
+
+
 def worker_trial(kind: str, setting_json: str, seconds: float) -> None:
     """A fixed setting under load: throughput and p99."""
     setting = json.loads(setting_json)
@@ -151,7 +156,7 @@ def worker_search(trial_s: float, warmup_s: float) -> None:
             "trials": len(result.search.trials),
             "stopped": result.search.stopped,
             "best": {
-                "setting": {n: [k.instances, k.max, k.window_ms] for n, k in best.setting.items()},
+                "setting": _listed(best.setting),
                 "throughput": best.sample.throughput,
                 "p99_ms": best.sample.p99_ms,
             },
@@ -186,9 +191,7 @@ def worker_online(kind: str, start: str, seconds: float, window_s: float, target
             if tuner is not None
             else []
         )
-        setting = (
-            {n: [k.instances, k.max, k.window_ms] for n, k in tuner.setting.items()} if tuner is not None else None
-        )
+        setting = _listed(tuner.setting) if tuner is not None else None
     windows = []
     edges = int(seconds // window_s)
     for w in range(edges):
@@ -233,7 +236,7 @@ def worker_ocr_offline(trial_s: float, warmup_s: float, budget_s: float, target_
             "stopped": result.search.stopped,
             "start": {"throughput": result.start.sample.throughput, "p99_ms": result.start.sample.p99_ms},
             "best": {
-                "setting": {n: [k.instances, k.max, k.window_ms] for n, k in result.best.setting.items()},
+                "setting": _listed(result.best.setting),
                 "throughput": result.best.sample.throughput,
                 "p99_ms": result.best.sample.p99_ms,
             },

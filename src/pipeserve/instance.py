@@ -150,10 +150,7 @@ class Group:
         while self.over_active() and self.idle:
             self.park(self.idle.pop())
         while self.parked and (self.active is None or len(self.instances) - len(self.parked) < self.active):
-            instance = self.parked.pop()
-            if instance.cpu is not None:
-                instance.cpu.park(False)
-            self.idle.append(instance)
+            self.unpark(self.parked.pop())
 
     def park(self, instance: Instance) -> None:
         """Keep idle ``instance`` out of work; its CPU weight leaves the budget's fair share, so
@@ -161,6 +158,13 @@ class Group:
         if instance.cpu is not None:
             instance.cpu.park(True)
         self.parked.append(instance)
+
+    def unpark(self, instance: Instance) -> None:
+        """Put ``instance``, taken from the parked list, back among the idle ones, its CPU weight
+        back in the fair share."""
+        if instance.cpu is not None:
+            instance.cpu.park(False)
+        self.idle.append(instance)
 
 
 def plan_groups(config: NodeConfig) -> tuple[list[Group], list[Instance]]:

@@ -24,13 +24,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from .. import CpuBudget, Pipe
 from ..tuning import Load, Sample, Search, Setting, Trial, better
-from ..tuning.offline import OfflinePlan, plan_offline, toml_text, toml_value
+from ..tuning.autotune import apply
+from ..tuning.offline import CONFIG_KEYS, OfflinePlan, plan_offline, toml_text, toml_value
 from .loadgen import LoadResult, run_closed_loop, run_open_loop
 
 __all__ = ["TuneOptions", "TuneResult", "tune", "tuned_toml", "write_plot", "write_report"]
@@ -70,7 +71,6 @@ class TuneResult:
     plan: OfflinePlan
     options: TuneOptions
     elapsed_s: float
-    loads: list[LoadResult] = field(default_factory=list)
 
     @property
     def best(self) -> Trial:
@@ -108,21 +108,16 @@ def tune(
                 search.stopped = f"the time budget ({options.budget_s:g} s) is spent"
                 break
             setting, _ = proposal
-            sample, loaded = _trial(pipe, setting, make_item, options)
-            result.loads.append(loaded)
-            trial = search.record(setting, sample)
+            trial = search.record(setting, _trial(pipe, setting, make_item, options))
             if progress is not None:
                 print(_line(trial, options.p99_ms), file=progress)
     result.elapsed_s = time.perf_counter() - began
     return result
 
 
-def _trial(
-    pipe: Pipe, setting: Setting, make_item: Callable[[int], Item], options: TuneOptions
-) -> tuple[Sample, LoadResult]:
+def _trial(pipe: Pipe, setting: Setting, make_item: Callable[[int], Item], options: TuneOptions) -> Sample:
     """Put ``setting`` on the pipe, warm up, measure."""
-    for name, knobs in setting.items():
-        pipe.adjust(name, max=knobs.max, batching_timeout_ms=knobs.window_ms, instances=knobs.instances)
+    apply(pipe, setting)
 
     def run(seconds: float) -> LoadResult:
         if options.rate:
@@ -134,8 +129,7 @@ def _trial(
     before = pipe.statistics()
     loaded = run(options.trial_s)
     after = pipe.statistics()
-    sample = Sample.between(before, after, setting, loaded.latencies, loaded.seconds, loaded.errors)
-    return sample, loaded
+    return Sample.between(before, after, setting, loaded.latencies, loaded.seconds, loaded.errors)
 
 
 def _line(trial: Trial, target_ms: float) -> str:
@@ -161,12 +155,9 @@ def tuned_toml(result: TuneResult, source_name: str) -> str:
     return toml_text(result.plan.config, best.setting, start.setting, lambda node, key: _why(result, node, key), header)
 
 
-_KNOB = {"instance_num": "instances", "max": "max", "batching_timeout": "window_ms"}
-
-
 def _why(result: TuneResult, node: str, key: str) -> str:
     """A comment on a changed key: its old value and the trial that first set the final one."""
-    knob = _KNOB[key]
+    knob = CONFIG_KEYS[key]
     final = getattr(result.best.setting[node], knob)
     was = getattr(result.start.setting[node], knob)
     previous = result.start
@@ -218,9 +209,7 @@ def report(result: TuneResult, source_name: str) -> dict[str, Any]:
             {
                 "index": t.index,
                 "why": t.why,
-                "setting": {
-                    n: {"instances": k.instances, "max": k.max, "window_ms": k.window_ms} for n, k in t.setting.items()
-                },
+                "setting": {n: asdict(k) for n, k in t.setting.items()},
                 "throughput": t.sample.throughput,
                 "p50_ms": t.sample.p50_ms,
                 "p99_ms": t.sample.p99_ms,

@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..pipe import Pipe
     from ..statistics import NodeStatistics
 
-__all__ = ["AutoTuner", "AutotuneSettings", "attach", "node_bounds", "tune_table", "widened"]
+__all__ = ["AutoTuner", "AutotuneSettings", "apply", "attach", "node_bounds", "tune_table", "widened"]
 
 log = logging.getLogger("pipeserve.autotune")
 DEFAULT_WINDOW_BOUND_MS = 10.0
@@ -198,15 +198,10 @@ class AutoTuner:
             old = self.controller.setting
             new = self.controller.observe(sample)
             if new is not None:
-                self._apply(old, new)
+                apply(self.pipe, new, old)
                 decision = self.controller.decisions[-1]
                 log.info("autotune %s: %s (%s)", decision.kind, decision.what, decision.why)
             return new
-
-    def _apply(self, old: Setting, new: Setting) -> None:
-        for name, knobs in new.items():
-            if old.get(name) != knobs:
-                self.pipe.adjust(name, max=knobs.max, batching_timeout_ms=knobs.window_ms, instances=knobs.instances)
 
     def close(self) -> None:
         """Stop sampling (idempotent); the pipe keeps the setting it has."""
@@ -248,8 +243,7 @@ class AutoTuner:
         and the decisions (wall-clock times)."""
         with self._lock:
             sample = self.last_sample
-            offset = time.time() - self._clock()
-            decisions = [{**d.as_dict(), "at": d.at + offset} for d in self.controller.decisions[-KEPT_DECISIONS:]]
+            decisions = self._wall(self.controller.decisions[-KEPT_DECISIONS:])
             return {
                 "p99_ms": self.settings.p99_ms,
                 "interval_s": self.settings.interval_s,
@@ -257,7 +251,7 @@ class AutoTuner:
                 "settled": self.controller.settled,
                 "instance_budget": self.space.instance_budget,
                 "instances_used": self.space.used(self.controller.setting),
-                "setting": {name: _knobs_dict(k) for name, k in self.controller.setting.items()},
+                "setting": {name: asdict(k) for name, k in self.controller.setting.items()},
                 "bounds": {
                     name: {
                         "instances": list(b.instances),
@@ -292,17 +286,21 @@ class AutoTuner:
             knobs = self.controller.setting.get(node)
             if knobs is None:
                 return None
-            offset = time.time() - self._clock()
-            mine = [
-                {**d.as_dict(), "at": d.at + offset}
-                for d in self.controller.decisions
-                if d.before.get(node) != d.after.get(node)
-            ]
-            return {**_knobs_dict(knobs), "decisions": mine[-20:]}
+            mine = [d for d in self.controller.decisions if d.before.get(node) != d.after.get(node)]
+            return {**asdict(knobs), "decisions": self._wall(mine[-20:])}
+
+    def _wall(self, decisions: list[Decision]) -> list[dict[str, Any]]:
+        """Decisions as plain data, their times on the wall clock (they are on the tuner's)."""
+        offset = time.time() - self._clock()
+        return [{**d.as_dict(), "at": d.at + offset} for d in decisions]
 
 
-def _knobs_dict(knobs: Knobs) -> dict[str, Any]:
-    return {"instances": knobs.instances, "max": knobs.max, "window_ms": knobs.window_ms}
+def apply(pipe: Pipe, setting: Setting, previous: Setting | None = None) -> None:
+    """Put ``setting`` on ``pipe`` with ``Pipe.adjust`` (only the nodes whose knobs differ from
+    ``previous``, when given)."""
+    for name, knobs in setting.items():
+        if previous is None or previous.get(name) != knobs:
+            pipe.adjust(name, max=knobs.max, batching_timeout_ms=knobs.window_ms, instances=knobs.instances)
 
 
 def widened(config: NodeConfig) -> NodeConfig:
@@ -372,6 +370,5 @@ def attach(pipe: Pipe, table: Params, *, clock: Callable[[], float] = time.monot
             f"the nodes start with {space.used(start)} instances, over autotune's instances = {budget}",
             key="autotune",
         )
-    for name, knobs in start.items():
-        pipe.adjust(name, max=knobs.max, batching_timeout_ms=knobs.window_ms, instances=knobs.instances)
+    apply(pipe, start)
     return AutoTuner(pipe, settings, space, MappingProxyType(start), clock=clock)

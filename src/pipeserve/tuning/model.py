@@ -158,17 +158,9 @@ class Model:
         arrived, completed = self._visits.get(node, (0.0, 0.0))
         return arrived / completed if completed > 0 and arrived > 0 else 1.0
 
-    def sizes_seen(self, node: str) -> int:
-        """How many batch sizes the node was measured at."""
-        return len(self._points.get(node, {}))
-
     def capacity(self, setting: Setting) -> tuple[float, str]:
         """The most requests a second the setting can do, and the node that bounds it."""
-        limits = self.capacities(setting)
-        if not limits:
-            return math.inf, ""
-        where = min(limits, key=limits.__getitem__)
-        return limits[where], where
+        return _lowest(self.capacities(setting))
 
     def capacities(self, setting: Setting) -> dict[str, float]:
         """Each measured node's capacity in requests a second under ``setting``."""
@@ -179,17 +171,19 @@ class Model:
                 limits[name] = cost.rate(knobs.instances, knobs.max) / self.visits(name)
         return limits
 
-    def latency(self, setting: Setting, throughput: float, *, queueing: bool = True, clients: float = 0.0) -> float:
+    def latency(
+        self, setting: Setting, throughput: float, *, queueing: bool = True, clients: float = 0.0, bottleneck: str = ""
+    ) -> float:
         """Mean seconds a request spends in the pipeline at ``throughput`` requests a second
         (without waits for a busy instance unless ``queueing``). With closed-loop ``clients``,
-        the bottleneck's queue holds most of them, so its batches are as large as that allows."""
+        the ``bottleneck``'s queue holds most of them, so its batches are as large as that
+        allows."""
         total = 0.0
-        _, bottleneck = self.capacity(setting) if clients else (0.0, "")
         for name, knobs in setting.items():
             cost = self.cost(name)
             if cost is not None:
                 visits = self.visits(name)
-                deep = clients * visits / knobs.instances if name == bottleneck else 0.0
+                deep = clients * visits / knobs.instances if clients and name == bottleneck else 0.0
                 total += _node_seconds(cost, knobs, throughput * visits, visits, queueing, deep)
         return total
 
@@ -203,9 +197,9 @@ class Model:
         """What ``setting`` should give under ``load``; with ``measured`` (a setting and what it
         gave), scaled by the model's error there."""
         limits = self.capacities(setting)
-        capacity, bottleneck = self.capacity(setting)
+        capacity, bottleneck = _lowest(limits)
         headroom = tuple(sorted(limits.values())[1:])
-        throughput = self._throughput(setting, load, capacity)
+        throughput = self._throughput(setting, load, capacity, bottleneck)
         mean = self._mean(setting, load, throughput)
         p99, mean_seen = self._tail
         tail = p99 / mean_seen if mean_seen > 0 else 2.0
@@ -215,8 +209,7 @@ class Model:
         base_setting, sample = measured
         if base_setting == setting or sample.completed == 0:
             return Prediction(sample.throughput, sample.mean_ms, sample.p99_ms, bottleneck, headroom)
-        base_capacity, _ = self.capacity(base_setting)
-        base_throughput = self._throughput(base_setting, load, base_capacity)
+        base_throughput = self._throughput(base_setting, load, *self.capacity(base_setting))
         base_mean = self._mean(base_setting, load, base_throughput)
         speed = sample.throughput / base_throughput if base_throughput > 0 else 1.0
         slow = sample.mean_ms / (1e3 * base_mean) if base_mean > 0 else 1.0
@@ -225,7 +218,7 @@ class Model:
             throughput * speed, 1e3 * mean * slow, 1e3 * mean * slow99, bottleneck, tuple(h * speed for h in headroom)
         )
 
-    def _throughput(self, setting: Setting, load: Load, capacity: float) -> float:
+    def _throughput(self, setting: Setting, load: Load, capacity: float, bottleneck: str) -> float:
         if not math.isfinite(capacity):
             return load.rate or load.clients
         if load.rate:
@@ -233,15 +226,27 @@ class Model:
         # Closed loop: the throughput bound of operational analysis, min(capacity, clients / the
         # latency without queueing), which holds at both ends (few clients, saturation).
         low, high = 0.0, capacity
-        if high * self.latency(setting, high, queueing=False, clients=load.clients) <= load.clients:
+
+        def bare(throughput: float) -> float:
+            return self.latency(setting, throughput, queueing=False, clients=load.clients, bottleneck=bottleneck)
+
+        if high * bare(high) <= load.clients:
             return high
         for _ in range(40):  # X * latency(X) grows with X: bisect for X * latency(X) = clients
             middle = (low + high) / 2
-            if middle * self.latency(setting, middle, queueing=False, clients=load.clients) < load.clients:
+            if middle * bare(middle) < load.clients:
                 low = middle
             else:
                 high = middle
         return (low + high) / 2
+
+
+def _lowest(limits: Mapping[str, float]) -> tuple[float, str]:
+    """The smallest capacity and its node (infinite and no node without any)."""
+    if not limits:
+        return math.inf, ""
+    where = min(limits, key=limits.__getitem__)
+    return limits[where], where
 
 
 def _node_seconds(cost: Cost, knobs: Knobs, rate: float, visits: float, queueing: bool, deep: float = 0.0) -> float:

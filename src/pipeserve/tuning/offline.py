@@ -25,7 +25,7 @@ from ..config import PipeConfig, get_int, load_config
 from .autotune import AutotuneSettings, node_bounds, tune_table
 from .space import Knobs, Setting, Space
 
-__all__ = ["OfflinePlan", "plan_offline", "toml_text", "toml_value"]
+__all__ = ["CONFIG_KEYS", "OfflinePlan", "plan_offline", "toml_text", "toml_value"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def plan_offline(source: str | os.PathLike[str] | Mapping[str, Any], cores: int)
     return OfflinePlan(config, space, MappingProxyType(start), MappingProxyType(build))
 
 
-_KEYS = (("instance_num", "instances"), ("max", "max"), ("batching_timeout", "window_ms"))
+CONFIG_KEYS = {"instance_num": "instances", "max": "max", "batching_timeout": "window_ms"}
+"""Each configuration key the tuner sets, and the :class:`Knobs` field it holds."""
 
 
 def toml_text(
@@ -102,7 +103,7 @@ def toml_text(
         changed = set()
         new, old = setting.get(name), start.get(name)
         if new is not None and old is not None:
-            for key, knob in _KEYS:
+            for key, knob in CONFIG_KEYS.items():
                 if getattr(new, knob) != getattr(old, knob):
                     values[key] = getattr(new, knob)
                     changed.add(key)

@@ -5,9 +5,10 @@ A local search that the model steers (NOTE [tuning model]), not a grid. It measu
 then repeats: fit the model to every trial so far; from the best trial's setting, list the
 neighbours within the space (an instance more or fewer, moved between nodes when the budget is
 spent; any batch ``max`` step; any window step); predict each, scaled by the best trial's
-measured figures; measure the most promising one not yet measured. It stops when no neighbour is
-predicted to beat the best by ``min_gain``, after ``patience`` trials in a row that did not
-improve on it, or when the caller's time is up. "Better" puts a setting that meets the p99 target
+measured figures; measure the most promising one not yet measured. When none is predicted to
+beat the best, it still measures the nearest call (predicted within ``near`` of it) while
+``patience`` lasts; it stops after ``patience`` trials in a row that did not improve on the
+best, when nothing near is left, or when the caller's time is up. "Better" puts a setting that meets the p99 target
 first, then more throughput; among settings that miss it, the lower p99. Each trial is a
 :class:`Trial`; the frontier is the trials no other beats in both throughput and p99.
 """
@@ -15,8 +16,8 @@ first, then more throughput; among settings that miss it, the lower p99. Each tr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .model import Load, Model, Prediction
 from .sample import Sample
@@ -46,12 +47,16 @@ def score(throughput: float, p99_ms: float, target_ms: float) -> tuple[int, floa
     return (0, -p99_ms if throughput > 0 else float("-inf"))
 
 
+def _beats(a: tuple[int, float], b: tuple[int, float], margin: float) -> bool:
+    """Whether score ``a`` beats score ``b`` by more than ``margin`` (a share)."""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    return a[1] > b[1] + margin * abs(b[1])
+
+
 def better(a: Sample, b: Sample, target_ms: float, margin: float = 0.0) -> bool:
     """Whether ``a`` beats ``b`` for the target, by more than ``margin`` (a share)."""
-    sa, sb = score(a.throughput, a.p99_ms, target_ms), score(b.throughput, b.p99_ms, target_ms)
-    if sa[0] != sb[0]:
-        return sa[0] > sb[0]
-    return sa[1] > sb[1] + margin * abs(sb[1])
+    return _beats(score(a.throughput, a.p99_ms, target_ms), score(b.throughput, b.p99_ms, target_ms), margin)
 
 
 def rank_key(prediction: Prediction, target_ms: float) -> tuple[int, float, tuple[float, ...], float]:
@@ -73,11 +78,12 @@ def plan(
     *,
     depth: int = 3,
     width: int = 8,
-    extra: Callable[[Setting], Iterable[Move]] | None = None,
+    every_step: bool = False,
 ) -> list[tuple[Move, Prediction]]:
     """Settings up to ``depth`` moves from ``base`` in the model's eyes, most promising first
     (a beam of ``width``): a chain of moves finds a better setting behind a plateau that no
-    single move climbs (adding instances at one of two equal bottlenecks gains nothing alone)."""
+    single move climbs (adding instances at one of two equal bottlenecks gains nothing alone).
+    ``every_step``: see :meth:`Space.moves`."""
     start = Move(base[0], "", ())
     seen = {start.key}
     found: list[tuple[Move, Prediction]] = []
@@ -85,8 +91,7 @@ def plan(
     for level in range(depth):
         expanded = []
         for path in beam:
-            steps = list(space.moves(path.setting)) + list(extra(path.setting) if extra else ())
-            for step in steps:
+            for step in space.moves(path.setting, every_step=every_step):
                 move = Move(step.setting, "; ".join(filter(None, (path.what, step.what))), path.nodes + step.nodes)
                 if move.key in seen or not space.allows(move.setting):
                     continue
@@ -185,7 +190,7 @@ class Search:
         best = self.best
         assert best is not None
         seen = {tuple(sorted(t.setting.items())) for t in self.trials}
-        ranked = plan(self.space, self.model, self.load, (best.setting, best.sample), self.target_ms, extra=self._jumps)
+        ranked = plan(self.space, self.model, self.load, (best.setting, best.sample), self.target_ms, every_step=True)
         here = rank_key(self.model.predict(best.setting, self.load, (best.setting, best.sample)), self.target_ms)
         for move, prediction in ranked:
             if move.key in seen:
@@ -203,23 +208,6 @@ class Search:
         self.stopped = "no setting near the best is predicted to beat it"
         return None
 
-    def _jumps(self, setting: Setting) -> list[Move]:
-        """Every batch size and window step of a node, beside the space's next steps: the model
-        can judge a jump, and a jump saves trials."""
-        moves = []
-        for name in self.space.tuned():
-            knobs, bounds = setting[name], self.space.bounds[name]
-            for size in bounds.max_steps():
-                if size != knobs.max:
-                    changed = replace(knobs, max=size)
-                    moves.append(Move({**setting, name: changed}, f"{name}: max {knobs.max} -> {size}", (name,)))
-            for window in bounds.window_steps() if knobs.max > 1 else ():
-                if window != knobs.window_ms:
-                    changed = replace(knobs, window_ms=window)
-                    what = f"{name}: window {knobs.window_ms:g} -> {window:g} ms"
-                    moves.append(Move({**setting, name: changed}, what, (name,)))
-        return moves
-
     def frontier(self) -> list[Trial]:
         """The trials on the throughput/p99 frontier."""
         return frontier(self.trials)
@@ -228,7 +216,4 @@ class Search:
 def better_prediction(prediction: Prediction, sample: Sample, target_ms: float, margin: float) -> bool:
     """Whether a prediction beats a measured sample by ``margin``."""
     predicted = score(prediction.throughput, prediction.p99_ms, target_ms)
-    measured = score(sample.throughput, sample.p99_ms, target_ms)
-    if predicted[0] != measured[0]:
-        return predicted[0] > measured[0]
-    return predicted[1] > measured[1] + margin * abs(measured[1])
+    return _beats(predicted, score(sample.throughput, sample.p99_ms, target_ms), margin)

@@ -11,9 +11,11 @@ model's (:mod:`pipeserve.tuning.model`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import TypeVar
 
 __all__ = ["Bounds", "Knobs", "Move", "Setting", "Space", "WINDOW_STEPS_MS"]
 
@@ -131,23 +133,25 @@ class Space:
         """The nodes the tuner may change."""
         return tuple(name for name, bounds in self.bounds.items() if not bounds.frozen)
 
-    def moves(self, setting: Setting) -> Iterator[Move]:
+    def moves(self, setting: Setting, *, every_step: bool = False) -> Iterator[Move]:
         """Every neighbour of ``setting`` within the space: one node's instances one more or one
         fewer (one more also as a move of an instance from another computing node, when the
         budget is spent), its batch ``max`` one step up or down, its window one step up or down
         (only where batches can hold more than one item: a batch of one never waits), or to
-        its lowest."""
+        its lowest. With ``every_step``, any ``max`` and window step rather than the next ones
+        (the offline search lets the model judge a jump: a jump saves trials)."""
         for name in self.tuned():
             knobs, bounds = setting[name], self.bounds[name]
             yield from self._instance_moves(setting, name)
             sizes = bounds.max_steps()
-            for size in _neighbours(sizes, knobs.max):
-                size = int(size)
-                yield self._move(setting, {name: replace(knobs, max=size)}, f"{name}: max {knobs.max} -> {size}")
+            for size in sizes if every_step else _neighbours(sizes, knobs.max):
+                if size != knobs.max:
+                    yield self._move(setting, {name: replace(knobs, max=size)}, f"{name}: max {knobs.max} -> {size}")
             windows = bounds.window_steps()
-            targets = set(_neighbours(windows, knobs.window_ms)) if knobs.max > 1 else set()
+            targets = set(windows if every_step else _neighbours(windows, knobs.window_ms)) if knobs.max > 1 else set()
             if knobs.window_ms > windows[0]:
                 targets.add(windows[0])
+            targets.discard(knobs.window_ms)
             for window in sorted(targets):
                 yield self._move(
                     setting,
@@ -195,7 +199,7 @@ class Space:
                 ]
             )
         count = 0
-        for combo in _product(choices):
+        for combo in itertools.product(*choices):
             setting = dict(zip(names, combo, strict=True))
             if self.used(setting) <= self.instance_budget:
                 yield MappingProxyType(setting)
@@ -204,17 +208,11 @@ class Space:
                     return
 
 
-def _neighbours(steps: tuple[float, ...], value: float) -> list[float]:
+Step = TypeVar("Step", int, float)
+
+
+def _neighbours(steps: Sequence[Step], value: float) -> list[Step]:
     """The steps just below and just above ``value`` (which need not be a step itself)."""
     below = [s for s in steps if s < value]
     above = [s for s in steps if s > value]
     return ([below[-1]] if below else []) + ([above[0]] if above else [])
-
-
-def _product(choices: list[list[Knobs]]) -> Iterator[tuple[Knobs, ...]]:
-    if not choices:
-        yield ()
-        return
-    for head in choices[0]:
-        for tail in _product(choices[1:]):
-            yield (head, *tail)
